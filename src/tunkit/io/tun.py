@@ -199,6 +199,15 @@ class TunDevice:
         """Write one packet gathered from ``parts`` (e.g. vnet header + IP packet)."""
         return os.writev(self.fileno(queue), parts)
 
+    def set_offloads(self, wanted: int) -> int:
+        """Change the TUN_F_* offloads (vnet_hdr devices); returns the bits the kernel took,
+        falling back to smaller sets as :func:`open_tun` does."""
+        applied = _apply_offloads(self.fileno(), wanted, self.name)
+        for fd in self.fds[1:]:
+            _apply_offloads(fd, applied, self.name)
+        self.offloads = applied
+        return applied
+
     # -- lifetime
     def set_persist(self, flag: bool) -> None:
         try:

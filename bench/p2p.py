@@ -1,0 +1,129 @@
+"""Benchmark ``tunkit p2p`` against the raw veth link it runs over, all in one lab run.
+
+For raw veth, compat, fast, TLS and UDP: iperf3 single stream and -P 4 (Gbit/s, received) and
+the average ping RTT.  Prints each figure with its ratio to raw veth and writes
+``bench/results/p2p.json``.  Needs root (network namespaces), iperf3 and ping.
+Usage: ``python bench/p2p.py [--seconds N] [--repeat N] [--only fast,tls]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    iperf3_gbps,
+    load_average,
+    machine_info,
+    ping_stats_ms,
+    print_ratio_table,
+    wait_ping,
+    write_results,
+)
+
+from tunkit.lab import Host, Lab
+
+SIMPLETUN_GBPS = 0.26  # C simpletun, one stream, measured on this machine (PROTOCOLS.md §2)
+
+
+def tunnel_args(mode: str, certs: Path) -> tuple[list[str], list[str]]:
+    if mode == "compat":
+        return ["--mode", "compat"], ["--mode", "compat"]
+    if mode == "fast":
+        return ["--mode", "fast"], ["--mode", "fast"]
+    if mode == "udp":
+        return ["--udp"], ["--udp"]
+    if mode == "tls":
+        def files(role: str) -> list[str]:
+            return ["--tls", "--cert", str(certs / f"{role}.pem"), "--key",
+                    str(certs / f"{role}.key"), "--ca", str(certs / "ca.pem")]
+        return files("server"), files("client")
+    raise ValueError(mode)
+
+
+def _rtt(host: Host, addr: str) -> dict[str, float]:
+    stats = ping_stats_ms(host, addr)
+    return {"rtt_ms": stats["avg"], "rtt_min_ms": stats["min"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--only", default="compat,fast,tls,udp")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="iperf3 runs per figure; the best is kept (other load only slows runs)")
+    opts = ap.parse_args()
+    modes = [m for m in opts.only.split(",") if m]
+
+    def best(run: Callable[[], float]) -> float:
+        return max(run() for _ in range(max(1, opts.repeat)))
+
+    results: dict[str, dict[str, float]] = {}
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp, Lab("tkb") as lab:
+        certs = Path(tmp) / "certs"
+        subprocess.run([py, "-m", "tunkit.services.p2p_cli", "gen-certs", str(certs)],
+                       check=True, stdout=subprocess.DEVNULL)
+        a, b = lab.add_host("a"), lab.add_host("b")
+        lab.link(a, b, "10.88.0.1/24", "10.88.0.2/24")
+        print(f"raw veth ({opts.seconds:g}s per run)...", flush=True)
+        results["raw veth"] = {
+            "single_gbps": best(lambda: iperf3_gbps(b, a, "10.88.0.1", seconds=opts.seconds)),
+            "p4_gbps": best(lambda: iperf3_gbps(b, a, "10.88.0.1", parallel=4,
+                                                seconds=opts.seconds)),
+        }
+        results["raw veth"].update(_rtt(b, "10.88.0.1"))
+        for mode in modes:
+            print(f"{mode}...", flush=True)
+            s_args, c_args = tunnel_args(mode, certs)
+            base = [py, "-m", "tunkit.services.p2p_cli", "--stats-interval", "0", "-i", "tkb0",
+                    "--create"]
+            server = a.popen([*base, "--address", "10.98.0.1/24", "-s", *s_args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            a.wait_port(55555, "udp" if mode == "udp" else "tcp")
+            client = b.popen([*base, "--address", "10.98.0.2/24", "-c", "10.88.0.1", *c_args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_ping(b, "10.98.0.1")
+                results[mode] = {
+                    "single_gbps": best(lambda: iperf3_gbps(b, a, "10.98.0.1",
+                                                            seconds=opts.seconds)),
+                    "p4_gbps": best(lambda: iperf3_gbps(b, a, "10.98.0.1", parallel=4,
+                                                        seconds=opts.seconds)),
+                }
+                results[mode].update(_rtt(b, "10.98.0.1"))
+            finally:
+                for proc in (client, server):
+                    proc.terminate()
+                    proc.wait(10)
+                time.sleep(0.3)
+    rows = list(results.items())
+    print()
+    print_ratio_table(rows, "raw veth", ["single_gbps", "p4_gbps", "rtt_ms", "rtt_min_ms"])
+    extra = {m: {"x_simpletun": r["single_gbps"] / SIMPLETUN_GBPS,
+                 "rtt_added_ms": r["rtt_ms"] - results["raw veth"]["rtt_ms"],
+                 "rtt_min_added_ms": r["rtt_min_ms"] - results["raw veth"]["rtt_min_ms"]}
+             for m, r in results.items() if m != "raw veth"}
+    for m, e in extra.items():
+        print(f"{m:12} {e['x_simpletun']:.1f}x simpletun's {SIMPLETUN_GBPS} Gbit/s, "
+              f"ping +{e['rtt_added_ms']:.3f} ms avg (+{e['rtt_min_added_ms']:.3f} min) over raw veth")
+    load = load_average()
+    if load > 1.5:
+        print(f"note: 1-minute load average {load:.2f} on this machine: figures are noisy")
+    path = write_results("p2p", {"machine": machine_info(), "seconds": opts.seconds,
+                                 "repeat": opts.repeat,
+                                 "simpletun_gbps": SIMPLETUN_GBPS, "results": results,
+                                 "derived": extra})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
