@@ -59,3 +59,9 @@ def test_usage_error_is_one_line() -> None:
     proc = tunkit("sniff", "--bogus-flag")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+def test_bad_key_for_pubkey() -> None:
+    proc = subprocess.run([sys.executable, "-m", "tunkit", "pubkey"], input="not-base64!!\n",
+                          capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, "key")
+
+

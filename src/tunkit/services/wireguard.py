@@ -1,0 +1,499 @@
+"""The WireGuard daemon's engine: the sans-IO ``tunkit.wireguard.device.Device`` wired to a TUN
+device, a batched UDP socket, the UAPI socket and the clock.
+
+Contract:
+
+* :class:`WireGuardService` ``(ifname)`` creates the TUN device (MTU 1420, down, like
+  wireguard-go), binds UDP on a random port until UAPI sets ``listen_port``, and opens the
+  UAPI socket ``/var/run/wireguard/IFNAME.sock``. :meth:`run` drives everything from one
+  selector loop on the calling thread until :meth:`stop` or a signal, the TUN device
+  disappearing, or the socket file being deleted; it returns the reason as a string.
+* The hot path works on batches: every wake-up drains up to ``BATCH`` reads from the TUN fd
+  (or ``BATCH`` GRO reads from UDP), feeds them to the core in one call, and flushes the
+  resulting actions with one GSO ``sendmsg`` per run of same-size datagrams to one endpoint.
+* The core is not thread-safe: the UAPI threads and the loop share ``self.lock``.
+* ``now`` passed to the core is ``time.monotonic()``; the core's ``wall_offset`` turns it
+  into wall-clock time for TAI64N and ``last_handshake_time``.
+* Counters (:meth:`stats`: the I/O edge's, the UDP transport's and the core's drop counters)
+  are logged on SIGUSR1 and at exit; malformed input never raises out of the loop, it is
+  dropped and counted.
+* :meth:`close` removes everything it created: socket file, UDP socket, TUN device.
+* Offloads: the TUN device is opened with ``IFF_VNET_HDR`` and TSO/USO/CSUM offloads, so a
+  read may be a 64 KiB super-packet (split with :func:`tunkit.packet.vnet.gso_split`) and
+  decrypted TCP runs are written back coalesced (:mod:`tunkit.services.wg_offload`).
+
+Developer switches (environment): ``TUNKIT_WG_OFFLOAD=0`` (plain TUN), ``TUNKIT_WG_TSO=0``
+(vnet header for coalesced writes, but the kernel segments what we read), ``TUNKIT_WG_GSO=0``,
+``TUNKIT_WG_GRO=0`` (UDP offloads), ``TUNKIT_WG_BATCH=N`` (reads per wake-up),
+``TUNKIT_WG_THREADS=1`` (one thread per direction), ``TUNKIT_WG_PROFILE=PATH`` (cProfile dump).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from tunkit.errors import DeviceError, MalformedPacketError
+from tunkit.io.tun import TunDevice, open_tun
+from tunkit.io.udp import Endpoint, UdpTransport, endpoint_of
+from tunkit.packet.vnet import (
+    GSO_NONE,
+    NEEDS_CSUM,
+    VNET_HDR_LEN,
+    decode_vnet_hdr,
+    gso_split,
+)
+from tunkit.services.uapi_server import SOCKET_DIRECTORY, UapiServer
+from tunkit.services.wg_control import UapiGlue
+from tunkit.services.wg_offload import coalesce_for_tun
+from tunkit.wireguard.device import Device
+from tunkit.wireguard.peer import SendDatagram, SendDatagrams, WriteToTunnel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MTU = 1420
+# reads per wake-up: a TUN read may be a 64 KiB super-packet and a UDP read ~45 GRO'd
+# datagrams, so 16 reads is already hundreds of packets; more only delays the other direction
+BATCH = int(os.environ.get("TUNKIT_WG_BATCH", "16"))
+# Handshake messages cost milliseconds of Python each. Seeing this many in one drain of the
+# socket means a flood (legitimate peers handshake every 2 minutes): answer with cookie
+# replies and rate-limit per source for UNDER_LOAD_HOLD seconds, like wireguard-go.
+UNDER_LOAD_HANDSHAKES = 8
+UNDER_LOAD_HOLD = 1.0
+_HANDSHAKE_SIZES = frozenset((148, 92))
+TUN_READ_SIZE = 65535 + 256  # a 64 KiB super-packet plus its virtio_net_hdr
+LIVENESS_INTERVAL = 0.5
+SIOCGIFMTU = 0x8921
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+
+
+class WireGuardService:
+    """One WireGuard interface served from userspace; see the module docstring."""
+
+    def __init__(
+        self, ifname: str, *, mtu: int = DEFAULT_MTU, uapi_directory: str = SOCKET_DIRECTORY,
+        device: Any = None,
+    ) -> None:
+        if device is None:
+            device = Device(wall_offset=time.time() - time.monotonic(), mtu=mtu)
+        self.ifname = ifname
+        self.device = device
+        self.lock = threading.RLock()
+        self.counters: Counter[str] = Counter()
+        self._stop_reason: str | None = None
+        self._under_load_until = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.tun: TunDevice | None = None
+        self.offload = False
+        self.udp: UdpTransport | None = None
+        self.uapi: UapiServer | None = None
+        try:
+            self.offload = os.environ.get("TUNKIT_WG_OFFLOAD") != "0"
+            # TSO lets one read carry ~45 segments, but we must then split them and compute
+            # their checksums in Python; without it the kernel does both in C
+            tso = os.environ.get("TUNKIT_WG_TSO", "1") != "0"
+            self.tun = open_tun(
+                ifname, vnet_hdr=self.offload,
+                offloads=None if (self.offload and tso) else 0,
+            )
+            self.tun.set_blocking(False)
+            self._ifindex = socket.if_nametoindex(self.tun.name)
+            self._set_mtu(mtu)
+            self.udp = UdpTransport(
+                0, gso=os.environ.get("TUNKIT_WG_GSO") != "0",
+                gro=os.environ.get("TUNKIT_WG_GRO") != "0",
+            )
+            self.uapi = UapiServer(
+                ifname, UapiGlue(self), directory=uapi_directory, lock=self.lock
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_mtu(self, mtu: int) -> None:
+        from tunkit.io.netlink import Netlink
+
+        with Netlink() as link:
+            link.set_mtu(self.ifname, mtu)
+
+    # ---------------------------------------------------------------- control
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask :meth:`run` to return (safe from signal handlers and other threads)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: self.log_stats())
+
+    def stats(self) -> dict[str, int]:
+        """I/O counters, UDP transport counters and the core's drop counters, by name."""
+        out = dict(self.counters)
+        if self.udp is not None:
+            for name in ("tx_datagrams", "tx_syscalls", "tx_errors", "rx_datagrams",
+                         "rx_syscalls"):
+                out[f"udp_{name}"] = getattr(self.udp, name)
+        out.update({f"core_{k}": v for k, v in self.device.stats.as_dict().items() if v})
+        return out
+
+    def log_stats(self) -> None:
+        """Log every non-zero counter (on SIGUSR1 and at exit)."""
+        log.info("%s stats: %s", self.ifname,
+                 " ".join(f"{k}={v}" for k, v in sorted(self.stats().items()) if v))
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def device_present(self) -> bool:
+        try:
+            return socket.if_nametoindex(self.ifname) == self._ifindex
+        except OSError:
+            return False
+
+    def _run_threaded(self) -> str:
+        assert self.tun is not None and self.udp is not None and self.uapi is not None
+        workers = [
+            threading.Thread(target=self._pump_forever, args=("tun",), name="tun-to-udp",
+                             daemon=True),
+            threading.Thread(target=self._pump_forever, args=("udp",), name="udp-to-tun",
+                             daemon=True),
+        ]
+        for worker in workers:
+            worker.start()
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        next_liveness = 0.0
+        try:
+            while self._stop_reason is None:
+                now = self.now()
+                with self.lock:
+                    deadline = self.device.next_deadline()
+                timeout = LIVENESS_INTERVAL
+                if deadline is not None:
+                    timeout = max(0.0, min(timeout, deadline - now))
+                if selector.select(timeout):
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                now = self.now()
+                actions: list[Any] = []
+                with self.lock:
+                    deadline = self.device.next_deadline()
+                    if deadline is not None and deadline <= now:
+                        actions = self.device.on_timer(now) or []
+                if actions:
+                    self._execute(actions)
+                if now >= next_liveness:
+                    next_liveness = now + LIVENESS_INTERVAL
+                    self._check_liveness()
+        finally:
+            selector.close()
+            for worker in workers:
+                worker.join(2 * LIVENESS_INTERVAL)
+        return self._stop_reason or "stopped"
+
+    def _pump_forever(self, which: str) -> None:
+        """One direction of the data plane, until the service stops."""
+        assert self.tun is not None and self.udp is not None
+        selector = selectors.DefaultSelector()
+        fd = self.tun.fileno() if which == "tun" else self.udp.fileno()
+        selector.register(fd, selectors.EVENT_READ)
+        pump = self._pump_tun if which == "tun" else self._pump_udp
+        try:
+            while self._stop_reason is None:
+                if which == "udp" and self.udp.fileno() != fd:  # rebound by UAPI
+                    selector.unregister(fd)
+                    fd = self.udp.fileno()
+                    selector.register(fd, selectors.EVENT_READ)
+                if selector.select(LIVENESS_INTERVAL):
+                    try:
+                        pump()
+                    except Exception:  # keep the data plane alive; the error is logged
+                        self.counters[f"{which}_pump_errors"] += 1
+                        log.exception("%s pump failed", which)
+        finally:
+            selector.close()
+
+    def _check_liveness(self) -> None:
+        assert self.uapi is not None
+        if not self.device_present():
+            self.stop("device removed")
+        elif not self.uapi.socket_file_present():
+            self.stop("socket file removed")
+        else:
+            self._refresh_mtu()
+
+    def _refresh_mtu(self) -> None:
+        """Follow MTU changes (wg-quick sets it after start) for the core's padding cap."""
+        request = struct.pack("16si", self.ifname.encode(), 0)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                reply = fcntl.ioctl(probe.fileno(), SIOCGIFMTU, request)
+        except OSError:
+            return
+        mtu = struct.unpack_from("i", reply, 16)[0]
+        with self.lock:
+            if mtu != self.device.mtu:
+                self.device.mtu = mtu
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, *, threads: bool | None = None) -> str:
+        """Serve until stopped; returns why it stopped.
+
+        ``threads`` (default: ``$TUNKIT_WG_THREADS == "1"``) runs TUN->UDP and UDP->TUN on
+        two threads, with timers and liveness checks on the calling thread.
+        """
+        assert self.tun is not None and self.udp is not None and self.uapi is not None
+        self.uapi.start()
+        if threads is None:
+            threads = os.environ.get("TUNKIT_WG_THREADS") == "1"
+        if threads:
+            return self._run_threaded()
+        selector = selectors.DefaultSelector()
+        tun_fd = self.tun.fileno()
+        selector.register(tun_fd, selectors.EVENT_READ, "tun")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        udp_fd = self.udp.fileno()
+        selector.register(udp_fd, selectors.EVENT_READ, "udp")
+        next_liveness = 0.0
+        try:
+            while self._stop_reason is None:
+                now = self.now()
+                with self.lock:
+                    deadline = self.device.next_deadline()
+                timeout = LIVENESS_INTERVAL
+                if deadline is not None:
+                    timeout = max(0.0, min(timeout, deadline - now))
+                events = selector.select(timeout)
+                for key, _mask in events:
+                    if key.data in ("tun", "udp"):
+                        pump = self._pump_tun if key.data == "tun" else self._pump_udp
+                        try:
+                            pump()
+                        except Exception:  # keep the data plane alive; the error is logged
+                            self.counters[f"{key.data}_pump_errors"] += 1
+                            log.exception("%s pump failed", key.data)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 4096)
+                if self.udp.fileno() != udp_fd:  # rebound by UAPI listen_port
+                    selector.unregister(udp_fd)
+                    udp_fd = self.udp.fileno()
+                    selector.register(udp_fd, selectors.EVENT_READ, "udp")
+                now = self.now()
+                with self.lock:
+                    deadline = self.device.next_deadline()
+                    if deadline is not None and deadline <= now:
+                        self._execute(self.device.on_timer(now) or ())
+                if now >= next_liveness:
+                    next_liveness = now + LIVENESS_INTERVAL
+                    self._check_liveness()
+        finally:
+            selector.close()
+        return self._stop_reason or "stopped"
+
+    def _read_tun(self) -> list[bytes]:
+        """Drain up to BATCH reads from TUN as plain IP packets (super-packets split)."""
+        assert self.tun is not None
+        fd = self.tun.fileno()
+        packets: list[bytes] = []
+        offload = self.offload
+        for _ in range(BATCH):
+            try:
+                data = os.read(fd, TUN_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EBADFD, errno.EIO, errno.ENXIO, errno.ENODEV):
+                    self.stop("device removed")
+                else:
+                    self.counters["tun_rx_errors"] += 1
+                break
+            if not offload:
+                packets.append(data)
+                continue
+            try:
+                flags, gso_type = data[0], data[1]
+                if gso_type == GSO_NONE and not flags & NEEDS_CSUM:
+                    packets.append(data[VNET_HDR_LEN:])
+                else:
+                    packets.extend(gso_split(decode_vnet_hdr(data), data[VNET_HDR_LEN:]))
+            except (MalformedPacketError, IndexError, ValueError):
+                self.counters["tun_rx_malformed"] += 1
+        return packets
+
+    def _write_tun(self, packets: list[bytes]) -> None:
+        """Write decrypted IP packets; with offloads, TCP runs go in as GRO super-packets."""
+        assert self.tun is not None
+        fd = self.tun.fileno()
+        written = 0
+        if self.offload:
+            items = coalesce_for_tun(packets) if len(packets) > 1 else [(ZERO_VNET_HDR, packets[0])]
+            for hdr, packet in items:
+                try:
+                    os.writev(fd, (hdr, packet))
+                    written += 1
+                except OSError:
+                    self.counters["tun_tx_errors"] += 1
+        else:
+            for packet in packets:
+                try:
+                    os.write(fd, packet)
+                    written += 1
+                except OSError:
+                    self.counters["tun_tx_errors"] += 1
+        self.counters["tun_tx_packets"] += len(packets)
+        self.counters["tun_tx_writes"] += written
+
+    def _pump_tun(self) -> None:
+        packets = self._read_tun()
+        if not packets:
+            return
+        self.counters["tun_rx_packets"] += len(packets)
+        now = self.now()
+        with self.lock:
+            try:
+                actions = self.device.send_packets(packets, now)
+            except Exception:  # the core must never take the daemon down
+                self.counters["tun_rx_errors"] += 1
+                log.exception("send_packets failed")
+                return
+        self._execute(actions)
+
+    def _pump_udp(self) -> None:
+        assert self.udp is not None and self.tun is not None
+        batch: list[tuple[bytes, Endpoint]] = []
+        for datagrams, source in self.udp.receive_many(BATCH):
+            batch.extend((datagram, source) for datagram in datagrams)
+        if not batch:
+            return
+        self.counters["udp_rx_datagrams"] += len(batch)
+        now = self.now()
+        handshakes = sum(1 for d, _ in batch if len(d) in _HANDSHAKE_SIZES and d[0] in (1, 2))
+        if handshakes >= UNDER_LOAD_HANDSHAKES:
+            self._under_load_until = now + UNDER_LOAD_HOLD
+        with self.lock:
+            self.device.under_load = now < self._under_load_until
+            try:
+                packets, actions = self.device.receive_datagrams(batch, now)
+            except Exception:
+                self.counters["udp_rx_errors"] += 1
+                log.exception("receive_datagrams failed")
+                return
+        if actions:
+            self._execute(actions)
+        if packets:
+            self._write_tun(packets)
+
+    def _execute(self, actions: Iterable[Any]) -> None:
+        """Perform the core's actions in order; datagrams to one endpoint go out as batches."""
+        assert self.tun is not None and self.udp is not None
+        pending: list[bytes] = []
+        pending_to: Any = None
+        udp = self.udp
+        for action in actions:
+            kind = type(action)
+            if kind is SendDatagram or kind is SendDatagrams:
+                if pending and action.endpoint != pending_to:
+                    udp.send_batch(pending, endpoint_of(pending_to))
+                    pending = []
+                pending_to = action.endpoint
+                if kind is SendDatagram:
+                    pending.append(action.data)
+                else:
+                    pending.extend(action.datagrams)
+            elif kind is WriteToTunnel:
+                self._write_tun([action.packet])
+            else:
+                self._note_event(action)
+        if pending:
+            udp.send_batch(pending, endpoint_of(pending_to))
+
+    def _note_event(self, event: Any) -> None:
+        name = type(event).__name__
+        self.counters[f"event_{name}"] += 1
+        log.info("%s: %s", self.ifname, name)
+
+    # ---------------------------------------------------------------- UAPI-side I/O
+    def set_listen_port(self, port: int) -> int:
+        """Rebind UDP (called by the UAPI glue with the lock held); returns the bound port."""
+        assert self.udp is not None
+        self.udp.rebind(port)
+        self.stop_wake()
+        return self.udp.port
+
+    def set_fwmark(self, mark: int) -> None:
+        assert self.udp is not None
+        self.udp.set_fwmark(mark)
+
+    def stop_wake(self) -> None:
+        """Wake the loop so it re-reads deadlines and sockets."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"w")
+
+    # ---------------------------------------------------------------- teardown
+    def close(self) -> None:
+        if self.uapi is not None:
+            self.uapi.close()
+            self.uapi = None
+        if self.udp is not None:
+            self.udp.close()
+            self.udp = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> WireGuardService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(ifname: str, *, ready: Any = None, mtu: int = DEFAULT_MTU) -> str:
+    """Create the interface, call ``ready(error_or_None)``, serve until stopped."""
+    try:
+        service = WireGuardService(ifname, mtu=mtu)
+    except DeviceError as exc:
+        if ready is not None:
+            ready(str(exc))
+        raise
+    with service:
+        service.install_signal_handlers()
+        if ready is not None:
+            ready(None)
+        profile_to = os.environ.get("TUNKIT_WG_PROFILE")
+        if profile_to:  # developer aid: cProfile the loop, dump stats on exit
+            import cProfile
+
+            profiler = cProfile.Profile()
+            reason = profiler.runcall(service.run)
+            profiler.dump_stats(f"{profile_to}.{ifname}")
+        else:
+            reason = service.run()
+        service.log_stats()
+        log.info("%s: exiting (%s)", ifname, reason)
+        return reason
