@@ -11,6 +11,8 @@ demo: setup
 	$(VENV)/bin/tunkit demo
 
 test: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src/tunkit/packet src/tunkit/p2p src/tunkit/wireguard src/tunkit/proxy src/tunkit/errors.py
 	$(PY) -m pytest tests
 
 unit: setup
