@@ -125,14 +125,33 @@ def register_section(title: str, section: Section) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from tunkit.cli import require_root
-    from tunkit.lab import Lab
 
     require_root("tunkit demo")
     _load_optional_sections()
+    # The lab turns SIGINT/SIGTERM into teardown plus an exception; when that exception
+    # lands inside an interpreter callback it is "unraisable": say nothing, the check
+    # after each section notices the lab is gone.
+    default_hook = sys.unraisablehook
+
+    def quiet_interrupts(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
+            default_hook(unraisable)
+
+    sys.unraisablehook = quiet_interrupts
     wanted = set(args.only or [])
     failures: list[str] = []
     started = time.monotonic()
     print("tunkit demo: building a throwaway lab of network namespaces", flush=True)
+    try:
+        return _tour(args, wanted, failures, started)
+    except (KeyboardInterrupt, SystemExit):
+        print("\ninterrupted: the lab and its processes were removed", flush=True)
+        return 130
+
+
+def _tour(args: argparse.Namespace, wanted: set[str], failures: list[str], started: float) -> int:
+    from tunkit.lab import Lab
+
     with Lab("tkdemo") as lab:
         tour = Tour(lab, args.quick)
         for title, section in SECTIONS:
@@ -145,6 +164,8 @@ def run_demo(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
+                if lab._closed:  # a signal tore the lab down mid-section
+                    raise KeyboardInterrupt from None
                 failures.append(title)
                 print(f"  FAILED: {exc}", flush=True)
                 if args.verbose:
@@ -152,11 +173,24 @@ def run_demo(args: argparse.Namespace) -> int:
             lab.kill_processes()
         print("\ntearing the lab down", flush=True)
     took = time.monotonic() - started
+    leftovers = _leftovers(lab)
+    if leftovers:
+        print(f"demo left things behind: {', '.join(leftovers)}")
+        failures.append("teardown")
     if failures:
         print(f"demo finished in {took:.0f}s with {len(failures)} failed section(s): {', '.join(failures)}")
         return 1
     print(f"demo finished in {took:.0f}s: every section worked; no namespace, link or process left behind")
     return 0
+
+
+def _leftovers(lab: Any) -> list[str]:
+    """Namespaces and processes of this lab that still exist after teardown."""
+    from tunkit.io.netlink import list_netns
+
+    names = [f"netns {n}" for n in list_netns() if n in {h.netns for h in lab.hosts.values()}]
+    names += [f"pid {p.pid}" for p in lab._processes if p.poll() is None]
+    return names
 
 
 def _load_optional_sections() -> None:
