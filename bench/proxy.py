@@ -10,7 +10,9 @@ Topology: :mod:`tunkit.services.proxy_lab` plus a sendfile HTTP server on the se
   TUN NAT and relay alone, without a SOCKS server in the path;
 * new connections per second for short requests (``Connection: close``), from ``--workers``
   client processes for ``--seconds``: direct, via microsocks (the client speaks SOCKS5
-  itself), and through tunkit (plain connects to the fake IP).
+  itself), and through tunkit (plain connects to the fake IP).  For tunkit also the CPU time
+  (utime + stime) of its process per connection, which a shared machine's load disturbs far
+  less than the rate, and the rate as a fraction of the direct rate.
 
 Prints each figure with its ratio to microsocks and writes ``bench/results/proxy.json``.
 Needs root, microsocks, curl and dig.  Usage: ``python bench/proxy.py [--mib 512]``.
@@ -19,6 +21,7 @@ Needs root, microsocks, curl and dig.  Usage: ``python bench/proxy.py [--mib 512
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -132,6 +135,12 @@ def download_gbps(run, argv: list[str], size: int, repeat: int) -> float:
     return best
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def conn_rate(run, argv: list[str]) -> float:
     r = run([sys.executable, *argv])
     if r.returncode != 0:
@@ -196,8 +205,13 @@ def main() -> int:
                                        ).stdout.strip()
                 results[name] = {"download_gbps": download_gbps(run, [url_name], size,
                                                                 opts.repeat)}
-                results[name]["conn_per_s"] = conn_rate(
-                    run, [loadgen, "plain", fake, str(FAST_PORT), *common])
+                cpu_before = cpu_seconds(proc.pid)
+                rate = conn_rate(run, [loadgen, "plain", fake, str(FAST_PORT), *common])
+                used = cpu_seconds(proc.pid) - cpu_before
+                results[name]["conn_per_s"] = rate
+                # load-insensitive: CPU time of the tunkit process per proxied connection
+                results[name]["cpu_ms_per_conn"] = used / max(1.0, rate * opts.seconds) * 1e3
+                results[name]["conn_vs_direct"] = rate / results["direct"]["conn_per_s"]
             finally:
                 proc.terminate()
                 proc.wait(10)
@@ -206,6 +220,10 @@ def main() -> int:
     ratio = results["tunkit"]["download_gbps"] / results["microsocks"]["download_gbps"]
     print(f"tunkit / microsocks download: {ratio:.0%} (target >= 50%); "
           f"tunkit connections/s: {results['tunkit']['conn_per_s']:.0f} (target >= 1000)")
+    for name in ("tunkit", "tunkit-direct"):
+        r = results[name]
+        print(f"{name}: {r['cpu_ms_per_conn']:.2f} ms CPU per connection in the tunkit process, "
+              f"{r['conn_vs_direct']:.0%} of the direct connection rate")
     path = write_results("proxy", {"machine": machine_info(), "mib": opts.mib,
                                    "results": results, "tunkit_vs_microsocks": ratio})
     print(f"wrote {path}")

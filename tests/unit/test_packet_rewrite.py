@@ -13,7 +13,7 @@ from tunkit.errors import MalformedPacketError
 from tunkit.packet.checksum import ones_complement_sum, pseudo_header_sum
 from tunkit.packet.icmp import echo_request_packet
 from tunkit.packet.ip import PROTO_TCP, PROTO_UDP, addresses, build_ip, locate_l4
-from tunkit.packet.rewrite import rewrite_flow
+from tunkit.packet.rewrite import apply_flow_rewrite, precompute_flow_rewrite, rewrite_flow
 from tunkit.packet.tcp import ACK, build_tcp_segment
 from tunkit.packet.udp import build_udp
 from tunkit.packet.vnet import GSO_TCPV4, NEEDS_CSUM, VirtioNetHdr, complete_checksum, gso_split
@@ -139,3 +139,41 @@ def test_non_first_fragment_and_other_protocols_change_addresses_only() -> None:
     gre = bytearray(build_ip(b"\1\1\1\1", b"\2\2\2\2", 47, bytes(8)))
     rewrite_flow(gre, new_src=b"\4\4\4\4")
     assert ones_complement_sum(gre[:20]) == 0xFFFF and gre[12:16] == b"\4\4\4\4"
+
+
+@settings(max_examples=300)
+@given(st.sampled_from([4, 6]), st.data(), port, port, port, port, st.binary(max_size=200),
+       st.integers(0, 0xFF), maybe)
+def test_precomputed_flow_rewrite_matches_building_the_new_packet(
+    version: int, data: st.DataObject, sp: int, dp: int, nsp: int, ndp: int, payload: bytes,
+    flags: int, partial: bool,
+) -> None:
+    addr = a4 if version == 4 else a6
+    src, dst, nsrc, ndst = (data.draw(addr) for _ in range(4))
+    pkt = make(PROTO_TCP, src, dst, sp, dp, payload)
+    pkt[(20 if version == 4 else 40) + 13] = flags
+    _, _, l4, end = locate_l4(pkt)
+    if partial:
+        struct.pack_into("!H", pkt, l4 + 16, pseudo_header_sum(src, dst, PROTO_TCP, end - l4))
+    else:
+        pkt[l4 + 16 : l4 + 18] = b"\0\0"
+        struct.pack_into("!H", pkt, l4 + 16, 0xFFFF ^ ones_complement_sum(
+            pkt[l4:end], pseudo_header_sum(src, dst, PROTO_TCP, end - l4)))
+    rw = precompute_flow_rewrite(src + dst, struct.pack("!HH", sp, dp), nsrc + ndst,
+                                 struct.pack("!HH", nsp, ndp))
+    apply_flow_rewrite(memoryview(pkt), l4, rw, partial)
+    if partial:
+        assert struct.unpack_from("!H", pkt, l4 + 16)[0] == pseudo_header_sum(
+            nsrc, ndst, PROTO_TCP, end - l4)
+        complete_checksum(VirtioNetHdr(NEEDS_CSUM, 0, 0, 0, l4, 16), pkt)
+    assert checksums_valid(pkt)
+    expect = make(PROTO_TCP, nsrc, ndst, nsp, ndp, payload)
+    expect[l4 + 13] = flags
+    assert pkt[: l4 + 16] == expect[: l4 + 16] and pkt[l4 + 18 :] == expect[l4 + 18 :]
+
+
+def test_precomputed_flow_rewrite_rejects_bad_lengths() -> None:
+    with pytest.raises(ValueError):
+        precompute_flow_rewrite(bytes(8), bytes(4), bytes(32), bytes(4))
+    with pytest.raises(ValueError):
+        precompute_flow_rewrite(bytes(8), bytes(3), bytes(8), bytes(4))

@@ -116,3 +116,43 @@ def test_elastic_pool_reuses_threads_and_never_queues() -> None:
         pool.submit(record)
         assert done.acquire(timeout=5)
     assert len(idents) <= 20  # served by the idle threads, not 200 new ones
+
+
+def test_relay_short_exchanges_in_copy_mode() -> None:
+    """Small requests and responses (no pipe yet), several rounds, then a close from the app."""
+    counts = [0, 0]
+    done = threading.Event()
+
+    def on_bytes(flow: int, up: int, down: int) -> None:
+        counts[0] += up
+        counts[1] += down
+
+    relay = SpliceRelay(on_bytes, lambda flow: done.set())
+    relay.start()
+    app_peer, app = tcp_pair()
+    upstream, upstream_peer = tcp_pair()
+    for s in (app_peer, upstream_peer):
+        s.settimeout(5)
+    relay.add(app, upstream, 1)
+    for i in range(3):
+        request = b"GET /%d HTTP/1.1\r\n\r\n" % i
+        app_peer.sendall(request)
+        got = b""
+        while len(got) < len(request):
+            got += upstream_peer.recv(4096)
+        assert got == request
+        response = b"HTTP/1.1 200 OK\r\n\r\n" + bytes([i]) * (100 + i)
+        upstream_peer.sendall(response)
+        got = b""
+        while len(got) < len(response):
+            got += app_peer.recv(4096)
+        assert got == response
+    app_peer.shutdown(socket.SHUT_WR)
+    assert upstream_peer.recv(10) == b""  # the half-close went through
+    upstream_peer.close()
+    assert app_peer.recv(10) == b""
+    assert done.wait(5)
+    assert counts == [sum(len(b"GET /%d HTTP/1.1\r\n\r\n" % i) for i in range(3)),
+                      sum(19 + 100 + i for i in range(3))]
+    relay.close()
+    app_peer.close()

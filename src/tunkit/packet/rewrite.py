@@ -20,6 +20,13 @@ writable buffer (bytearray or writable memoryview), and keeps every checksum val
   port change there raises :class:`MalformedPacketError`.
 
 Hot path: ``struct``/slice operations only, no dataclass allocation.
+
+For a NAT that rewrites every packet of a flow the same way, the checksum work can be done
+once per flow: :func:`precompute_flow_rewrite` returns a :data:`FlowRewrite` (the new fields and
+the RFC 1624 deltas), and :func:`apply_flow_rewrite` applies it to one IPv4/IPv6 TCP packet
+(full or ``partial_csum`` mode, as above) with a few slice assignments and two one's-complement
+additions.  It trusts its caller: the packet is TCP, ``l4`` is its TCP header offset and the
+header is present (``l4 + 20 <= len(packet)``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,52 @@ _H = struct.Struct("!H")
 _HH = struct.Struct("!HH")
 _A4 = struct.Struct("!I")
 _A6 = struct.Struct("!QQ")  # 2**64 == 1 (mod 0xffff): the two halves sum like 16-bit words
+
+
+FlowRewrite = tuple[bytes, bytes, int, int]
+"""``(new src+dst addresses, new src+dst ports, full L4 checksum delta, address delta)``."""
+
+
+def _delta(old: bytes, new: bytes) -> int:
+    """One's-complement sum of ``~old + new`` over 16-bit words (RFC 1624 eqn. 3 terms).
+    A big-endian integer is congruent to the sum of its 16-bit words modulo 0xffff."""
+    return fold((~fold(int.from_bytes(old, "big")) & 0xFFFF) + fold(int.from_bytes(new, "big")))
+
+
+def precompute_flow_rewrite(old_addrs: bytes, old_ports: bytes, new_addrs: bytes,
+                            new_ports: bytes) -> FlowRewrite:
+    """The rewrite of one flow direction: ``old_addrs``/``new_addrs`` are source + destination
+    (8 or 32 bytes), ``old_ports``/``new_ports`` source + destination port (4 bytes)."""
+    if len(old_addrs) != len(new_addrs) or len(old_addrs) not in (8, 32):
+        raise ValueError("addresses must be 8 (IPv4) or 32 (IPv6) bytes, old and new alike")
+    if len(old_ports) != 4 or len(new_ports) != 4:
+        raise ValueError("ports must be 4 bytes")
+    addr_delta = _delta(old_addrs, new_addrs)
+    return (bytes(new_addrs), bytes(new_ports), fold(addr_delta + _delta(old_ports, new_ports)),
+            addr_delta)
+
+
+def apply_flow_rewrite(packet: bytearray | memoryview, l4: int, rw: FlowRewrite,
+                       partial_csum: bool) -> None:
+    """Apply a precomputed rewrite to one TCP packet in place (see the module doc)."""
+    # One's-complement additions of two 16-bit values, folded inline (this runs per packet):
+    # a + b <= 0x1fffe, so one end-around carry suffices.
+    addrs, ports, full, addr_delta = rw
+    csum = _H.unpack_from(packet, l4 + 16)[0]
+    if partial_csum:  # the non-inverted pseudo-header sum, where only the addresses are
+        csum += addr_delta
+        csum = (csum & 0xFFFF) + (csum >> 16)
+    else:
+        csum = (~csum & 0xFFFF) + full
+        csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+    _H.pack_into(packet, l4 + 16, csum)
+    packet[l4 : l4 + 4] = ports
+    if len(addrs) == 8:
+        packet[12:20] = addrs
+        ip = (~_H.unpack_from(packet, 10)[0] & 0xFFFF) + addr_delta
+        _H.pack_into(packet, 10, ~((ip & 0xFFFF) + (ip >> 16)) & 0xFFFF)
+    else:
+        packet[8:40] = addrs
 
 
 def _l4_checksum_update(old: int, old_sum: int, new_sum: int) -> int:

@@ -66,6 +66,13 @@ class PoolStore(Protocol):
         ...
 
 
+def _as_ip(ip: str | bytes | IPAddress) -> IPAddress:
+    # ip_address() of an address object would format and re-parse it: several times slower
+    if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return ip
+    return ipaddress.ip_address(ip)
+
+
 def normalise_domain(domain: str) -> str:
     """Lower-case and strip one trailing dot: ``"WWW.Example.COM."`` -> ``"www.example.com"``."""
     name = domain.lower()
@@ -128,14 +135,14 @@ class FakeIpPool:
     def contains(self, ip: str | bytes | IPAddress) -> bool:
         """Whether ``ip`` (text, packed bytes or ``ipaddress``) lies in the pool's prefix (whether or not it is allocated)."""
         try:
-            return ipaddress.ip_address(ip) in self.prefix
+            return _as_ip(ip) in self.prefix
         except ValueError:
             return False
 
     def domain_for(self, ip: str | bytes | IPAddress) -> str | None:
         """The domain holding ``ip`` (text, packed bytes or ``ipaddress``), None if none."""
         try:
-            return self._by_ip.get(ipaddress.ip_address(ip))
+            return self._by_ip.get(_as_ip(ip))
         except ValueError:
             return None
 

@@ -53,6 +53,11 @@ class FlowTotals:
     bytes_down: int
 
 
+def _record(flow: _Flow) -> FlowRecord:
+    return FlowRecord(flow.flow_id, flow.proto, flow.source, flow.destination, flow.domain,
+                      flow.upstream, flow.started, flow.bytes_up, flow.bytes_down)
+
+
 class FlowRegistry:
     def __init__(self) -> None:
         self._flows: dict[int, _Flow] = {}
@@ -87,11 +92,11 @@ class FlowRegistry:
         self._closed += 1
         self._closed_up += flow.bytes_up
         self._closed_down += flow.bytes_down
-        return FlowRecord(**asdict(flow))
+        return _record(flow)
 
     def snapshot(self) -> list[FlowRecord]:
         """Live flows, oldest first."""
-        return [FlowRecord(**asdict(f)) for f in self._flows.values()]
+        return [_record(f) for f in self._flows.values()]
 
     @property
     def totals(self) -> FlowTotals:

@@ -59,6 +59,7 @@ TCP_FIN = 0x01
 TCP_SYN = 0x02
 TCP_RST = 0x04
 TCP_ACK = 0x10
+_FIN_SYN_RST = TCP_FIN | TCP_SYN | TCP_RST
 
 
 class NatExhausted(TunkitError):
@@ -254,6 +255,10 @@ class NatTable:
         if not mapping.live:
             return
         mapping.last_seen = now
+        if (mapping.state is NatState.ESTABLISHED and not tcp_flags & _FIN_SYN_RST
+                and mapping.key.proto == "tcp"):
+            self._set_deadline(mapping, now + self.timeouts.established)  # most packets
+            return
         t = self.timeouts
         if mapping.key.proto != "tcp":
             self._set_deadline(mapping, now + t.udp)

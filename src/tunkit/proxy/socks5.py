@@ -132,6 +132,9 @@ def encode_address(host: str, port: int) -> bytes:
     """ATYP + address + port.  IP literals become ATYP 1/4, anything else a domain name."""
     if not 0 <= port <= 65535:
         raise LocalProtocolError(f"port {port} out of range")
+    if ":" not in host and not host[-1:].isdigit():
+        # not an IP literal (those end in a digit or hold a colon): skip the failing parse
+        return _encode_domain(host) + struct.pack("!H", port)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -159,7 +162,7 @@ def parse_address(buf: bytes | bytearray, offset: int) -> tuple[str, int, int] |
         end = offset + 1 + 4
         if len(buf) < end + 2:
             return None
-        host = str(ipaddress.IPv4Address(bytes(buf[offset + 1 : end])))
+        host = ".".join(map(str, buf[offset + 1 : end]))
     elif atyp == ATYP_IPV6:
         end = offset + 1 + 16
         if len(buf) < end + 2:

@@ -5,6 +5,10 @@ One database file holds one pool: a ``meta`` table (prefix, cursor) and an ``ent
 transaction, so a crash leaves either the old or the new state.  WAL journaling keeps writes
 cheap.  Errors opening or reading the file become :class:`ConfigError` with the path; errors
 writing it (disk full, file removed) become :class:`PoolStoreError`.
+
+The connection may be used from any thread (``check_same_thread=False``; the sqlite3 module is
+built in serialized mode), but not concurrently: a transaction must not interleave with
+another call, so callers serialize their calls (the proxy service holds its state lock).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class SqlitePoolStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)

@@ -8,16 +8,19 @@ nft table and bypass cgroup.  :meth:`start` brings everything up (first undoing 
 crashed predecessor left); :meth:`stop` removes everything it added and is idempotent.
 :meth:`run` blocks until :meth:`request_stop` (signal handlers call it).
 
-Threads: one TUN NAT loop per TUN queue (``--queues``, default 2: the kernel work behind the
-TUN writes then uses both CPUs); one reactor thread that accepts, dials upstreams without
-blocking and relays every connection's bytes with splice; a pool of reused threads for what
-must block (name lookups, DNS over TCP); the DNS server's loops and forwarding pool; one UDP
-worker; the status server.  Shared cores are guarded by ``state.lock``
-(see :mod:`tunkit.services.proxy_state`).
+Threads: one reactor thread does the per-connection work: it serves TUN queue 0 (the NAT
+loop), accepts, dials upstreams without blocking and relays every connection's bytes (copy,
+then splice for bulk).  One thread means no GIL hand-over between NAT and relay for every
+packet.  Each further TUN queue (``--queues``, default 1) gets a NAT thread of its own.  A pool
+of reused threads serves what must block (uncached name lookups, DNS over TCP); then the DNS
+server's loops and forwarding pool, one UDP worker, the status server.  Shared cores are
+guarded by ``state.lock`` (see :mod:`tunkit.services.proxy_state`).
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import sys
 import threading
@@ -58,13 +61,18 @@ class ProxyService:
 
     def start(self) -> None:
         threading.stack_size(512 * 1024)
-        # Many threads, one of them (the TUN loop) busy: hand the GIL over more often than
-        # every 5 ms, or every relay and accept waits that long.
+        # One busy reactor thread and helpers (DNS, UDP, status, extra TUN queues): hand the
+        # GIL over more often than every 5 ms, or each of them waits that long.
         sys.setswitchinterval(0.0005)
+        # Every connection allocates a few dozen tracked objects and keeps a NAT mapping for
+        # its grace period: collect the young generation less often, and keep the objects
+        # of start-up (modules, DNS library) out of the full collections.
+        gc.set_threshold(10_000, 20, 20)
         self.changes.clean_stale()
         self.changes.start()
         try:
             self._start()
+            gc.freeze()
         except OSError as err:
             self.stop()
             raise DeviceError(f"proxy start failed: {err}") from None
@@ -93,8 +101,12 @@ class ProxyService:
         self.udp = UdpRelay(state, self.sockets, self.dns, self.loop.write_packet)
         self.loop.udp_sink = self.udp.submit
         self.udp.start()
+        self.relay.decisions = self.loop.take_decision
         self.relay.start()
-        for queue in range(self.tun.queues):
+        # queue 0 on the reactor thread; any further queue on a thread of its own
+        reactor = self.relay.splice
+        reactor.call_soon(functools.partial(self.loop.attach, reactor, 0))
+        for queue in range(1, self.tun.queues):
             thread = threading.Thread(target=self.loop.run, args=(queue,), daemon=True,
                                       name=f"proxy-tun{queue}")
             thread.start()

@@ -96,8 +96,9 @@ def add_proxy_parser(sub: Any) -> None:
     p.add_argument("--status-listen", default=DEFAULT_STATUS, metavar="ADDR",
                    help=f"HTTP status endpoint (default {DEFAULT_STATUS}; 'none' disables)")
     p.add_argument("--mtu", type=int, default=9000, help="TUN MTU (default 9000)")
-    p.add_argument("--queues", type=int, default=2,
-                   help="TUN queues, one NAT thread each (default 2)")
+    p.add_argument("--queues", type=int, default=1,
+                   help="TUN queues (default 1, served on the relay thread; each further "
+                        "queue gets a NAT thread)")
     p.add_argument("--udp-timeout", type=float, default=60.0, help="UDP session idle timeout")
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("--bypass", action="store_true", help="exec: run outside the capture")

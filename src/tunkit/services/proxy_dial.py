@@ -15,6 +15,7 @@ state machines of :mod:`tunkit.proxy`, from marked sockets (:class:`OutboundSock
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -40,8 +41,8 @@ log = logging.getLogger("tunkit.proxy.relay")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 HANDSHAKE_TIMEOUT = 10.0
 
-Flow = tuple[NatMapping, IPAddress, IPAddress, str | None]
-"""(mapping, app address, destination address, domain or None)."""
+Flow = tuple[NatMapping, str | None]
+"""(mapping, domain or None); the mapping's key holds the app and destination addresses."""
 
 _abort = abort_socket
 
@@ -136,11 +137,17 @@ def literal_address(upstream: Upstream, host: str, port: int) -> tuple[str, int]
         target, target_port = host, port
     else:
         target, target_port = upstream.host, upstream.port
+    return (target, target_port) if _is_ip_literal(target) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(text: str) -> bool:
+    """Cached: the same upstream address (or domain) comes up for every connection."""
     try:
-        ipaddress.ip_address(target)
+        ipaddress.ip_address(text)
     except ValueError:
-        return None
-    return target, target_port
+        return False
+    return True
 
 
 class NonBlockingDial:
@@ -165,12 +172,12 @@ class NonBlockingDial:
     def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
         try:
-            sock = self.server.dialer.sockets.new_socket(family, socket.SOCK_STREAM)
+            sock = self.server.dialer.sockets.new_socket(
+                family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except TunkitError as err:
             self.fail(err)
             return
         self.sock = sock
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):

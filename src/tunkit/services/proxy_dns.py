@@ -224,6 +224,15 @@ class DnsServer:
 
     # -- resolving for direct flows --------------------------------------------------------
 
+    def cached(self, domain: str, want_v6: bool = False) -> str | None:
+        """The address :meth:`resolve` would return from its cache, or None (never blocks)."""
+        key = f"{domain}/{'6' if want_v6 else '4'}"
+        with self._cache_lock:
+            cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
     def resolve(self, domain: str, want_v6: bool = False) -> str | None:
         """A real address of ``domain`` from the upstream resolver, or None."""
         now = time.monotonic()

@@ -26,9 +26,10 @@ import logging
 import select
 import socket
 import time
+from collections.abc import Callable
 
 from tunkit.errors import RemoteProtocolError
-from tunkit.proxy.rules import Upstream
+from tunkit.proxy.rules import DIRECT, Upstream
 from tunkit.services.proxy_dial import (
     Dialer,
     Flow,
@@ -40,6 +41,7 @@ from tunkit.services.proxy_dns import DnsServer
 from tunkit.services.proxy_pool import ElasticPool
 from tunkit.services.proxy_splice import SpliceRelay, abort_socket
 from tunkit.services.proxy_state import ProxyState
+from tunkit.services.proxy_tun import Decision
 
 log = logging.getLogger("tunkit.proxy.relay")
 
@@ -55,6 +57,8 @@ class TcpRelayServer:
         self.listeners: list[socket.socket] = []
         self.pool = ElasticPool("proxy-conn")
         self.splice = SpliceRelay(self.note_bytes, self.note_closed)
+        self.decisions: Callable[[bytes, int], Decision | None] | None = None
+        """The TUN loop's SYN-time decisions (:meth:`TunNatLoop.take_decision`), if wired."""
 
     def note_bytes(self, flow_id: int, up: int, down: int) -> None:
         with self.state.lock:
@@ -70,6 +74,7 @@ class TcpRelayServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND: the address may be settling
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accept()
         sock.bind((str(state.tun_ip4), 0))
         sock.listen(4096)
         port = int(sock.getsockname()[1])
@@ -78,6 +83,7 @@ class TcpRelayServer:
             sock6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock6.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND
+            sock6.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock6.bind((str(state.tun_ip6), port))
             sock6.listen(4096)
             self.listeners.append(sock6)
@@ -103,53 +109,71 @@ class TcpRelayServer:
 
     def on_accept(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         """Recover the flow, decide, and dial without blocking (or hand over to a thread)."""
-        flow = self._recover(conn, peer)
-        if flow is None:
-            return
-        mapping, _, dst_ip, domain = flow
+        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        fake_ip = socket.inet_pton(family, peer[0].split("%")[0])
+        decision = self.decisions(fake_ip, peer[1]) if self.decisions is not None else None
+        if decision is not None:  # decided by the TUN loop at the SYN: nothing to look up
+            with self.state.lock:
+                self.state.count("tcp_accepted")
+            mapping, domain, target, upstream = decision
+            flow: Flow = (mapping, domain)
+        else:
+            recovered = self._recover(conn, fake_ip, peer[1])
+            if recovered is None:
+                return
+            flow = recovered
+            mapping, domain = flow
+            target, upstream = self.state.decide(domain, mapping.key.dst_address,
+                                                 mapping.key.dst_port, "tcp")
         key = mapping.key
         if key.dst_port == 53 and self.dns is not None:
             self.pool.submit(self.dns.serve_tcp_connection, conn)
             return
-        target, upstream = self.state.decide(domain, dst_ip, key.dst_port, "tcp")
-        host = domain if domain is not None else str(dst_ip)
+        host = domain if domain is not None else socket.inet_ntop(family, key.dst_ip)
         address = literal_address(upstream, host, key.dst_port)
+        if address is None and upstream.scheme == DIRECT and self.dns is not None:
+            resolved = self.dns.cached(host)  # no thread hop when the answer is cached
+            if resolved is not None:
+                address = (resolved, key.dst_port)
         if address is None:  # a name to resolve first: that blocks, use a thread
             self.pool.submit(self._serve_blocking, conn, flow, target, upstream, host)
             return
         NonBlockingDial(self, conn, flow, target, upstream, host, address).start()
 
-    def _recover(self, conn: socket.socket, peer: tuple[str, int]) -> Flow | None:
+    def _recover(self, conn: socket.socket, fake_ip: bytes, fake_port: int) -> Flow | None:
         state = self.state
-        fake_ip = ipaddress.ip_address(peer[0].split("%")[0])
         with state.lock:
-            table = state.nat_for(fake_ip.version)
-            mapping = table.lookup_by_fake(fake_ip, peer[1]) if table is not None else None
+            table = state.nat_for(4 if len(fake_ip) == 4 else 6)
+            mapping = table.lookup_by_fake(fake_ip, fake_port) if table is not None else None
             if mapping is None:
                 state.count("tcp_upstream_failed")
-                log.info("accepted %s:%d with no NAT mapping; reset", fake_ip, peer[1])
+                log.info("accepted %s:%d with no NAT mapping; reset",
+                         ipaddress.ip_address(fake_ip), fake_port)
                 abort_socket(conn)
                 return None
             state.count("tcp_accepted")
-            src_ip, dst_ip = mapping.key.src_address, mapping.key.dst_address
-            _, domain = state.domain_of(dst_ip)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return mapping, src_ip, dst_ip, domain
+            _, domain = state.domain_of(mapping.key.dst_address)
+        return mapping, domain
 
     def failed(self, conn: socket.socket, flow: Flow, target: str, err: object) -> None:
-        mapping, src_ip, dst_ip, domain = flow
-        log.info("tcp %s:%d -> %s:%d (%s) via %s failed: %s", src_ip, mapping.key.src_port,
-                 dst_ip, mapping.key.dst_port, domain or "-", target, err)
+        mapping, domain = flow
+        key = mapping.key
+        log.info("tcp %s:%d -> %s:%d (%s) via %s failed: %s", key.src_address, key.src_port,
+                 key.dst_address, key.dst_port, domain or "-", target, err)
         with self.state.lock:
             self.state.count("tcp_upstream_failed")
         abort_socket(conn)
         self.state.release_nat(mapping)
 
     def open_flow(self, flow: Flow, target: str) -> int:
-        mapping, src_ip, dst_ip, domain = flow
-        port = mapping.key.dst_port
-        src = f"{src_ip}:{mapping.key.src_port}"
-        dst = f"[{dst_ip}]:{port}" if dst_ip.version == 6 else f"{dst_ip}:{port}"
+        mapping, domain = flow
+        key = mapping.key
+        if len(key.src_ip) == 4:
+            src = f"{socket.inet_ntop(socket.AF_INET, key.src_ip)}:{key.src_port}"
+            dst = f"{socket.inet_ntop(socket.AF_INET, key.dst_ip)}:{key.dst_port}"
+        else:
+            src = f"{socket.inet_ntop(socket.AF_INET6, key.src_ip)}:{key.src_port}"
+            dst = f"[{socket.inet_ntop(socket.AF_INET6, key.dst_ip)}]:{key.dst_port}"
         with self.state.lock:
             return self.state.flows.open("tcp", src, dst, domain, target, time.time())
 

@@ -4,9 +4,12 @@ Contract:
 
 * :meth:`SpliceRelay.add` takes a pair of connected TCP sockets (the application side and the
   upstream side), from any thread; from then on the relay owns and closes them.
-* Each direction goes ``socket -> pipe -> socket`` with non-blocking ``splice`` (zero copy in
-  user space; the GIL is released in the syscalls).  A direction reads only when its pipe is
-  empty, so a slow receiver stops the reader (backpressure through TCP windows).
+* Each direction starts in copy mode: ``read`` up to :data:`COPY_CHUNK` bytes, ``write`` them
+  (a short request or response costs no pipe).  The first read that fills the buffer marks a
+  bulk direction, which from then on goes ``socket -> pipe -> socket`` with non-blocking
+  ``splice`` (zero copy in user space; the GIL is released in the syscalls).  A direction
+  reads only when its previous read is written, so a slow receiver stops the reader
+  (backpressure through TCP windows).
 * EOF in one direction becomes ``shutdown(SHUT_WR)`` on the other socket once the pipe is
   drained; when both directions are done both sockets close normally.  An error on either
   socket aborts both with an RST (SO_LINGER 0).
@@ -40,7 +43,8 @@ from typing import Protocol
 log = logging.getLogger("tunkit.proxy.relay")
 
 CHUNK = 1 << 18
-SMALL_PIPE = 1 << 16  # the kernel's default pipe size
+COPY_CHUNK = 1 << 14
+"""Reads start in copy mode (read/write, no pipe); a read that fills this turns on splice."""
 F_SETPIPE_SZ = 1031
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _ROUNDS = 4
@@ -54,26 +58,45 @@ def abort_socket(sock: socket.socket) -> None:
 
 
 class _Direction:
-    __slots__ = ("capacity", "dst", "dst_fd", "eof", "pending", "rfd", "src", "src_fd",
+    __slots__ = ("data", "dst", "dst_fd", "eof", "pending", "reverse", "rfd", "src", "src_fd",
                  "upward", "wfd")
 
     def __init__(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.upward = upward
-        self.rfd, self.wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.capacity = SMALL_PIPE  # grown to CHUNK once a read fills it (bulk transfer)
+        self.rfd = self.wfd = -1  # no pipe until the direction turns out to be bulk
+        self.data: bytes | memoryview = b""
+        """Copy mode: bytes read but not yet written."""
         self.pending = 0
+        """Bytes read but not yet written (in ``data`` or in the pipe)."""
         self.eof = False
+        self.reverse: _Direction = self
+        """The other direction of the connection."""
 
     @property
     def done(self) -> bool:
         return self.eof and not self.pending
 
+    def open_pipe(self) -> None:
+        self.rfd, self.wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):  # a bigger pipe: fewer splice calls
+            fcntl.fcntl(self.wfd, F_SETPIPE_SZ, CHUNK)
+
     def close_pipe(self) -> None:
         for fd in (self.rfd, self.wfd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.rfd = self.wfd = -1
+
+
+def _half_close(d: _Direction) -> None:
+    """Pass an EOF on: FIN to the destination, unless the other direction is done too (then
+    the connection closes at once, and close() sends the FIN)."""
+    if not d.reverse.done:
+        with contextlib.suppress(OSError):
+            d.dst.shutdown(socket.SHUT_WR)
 
 
 class _Connection:
@@ -84,6 +107,7 @@ class _Connection:
         self.flow_id = flow_id
         self.up = _Direction(app, upstream, True)
         self.down = _Direction(upstream, app, False)
+        self.up.reverse, self.down.reverse = self.down, self.up
         self.masks: dict[int, int] = {}
         self.closed = False
 
@@ -205,8 +229,9 @@ class SpliceRelay:
         while self._incoming:
             app, upstream, flow_id = self._incoming.popleft()
             try:
-                app.setblocking(False)
-                upstream.setblocking(False)
+                for sock in (app, upstream):
+                    if sock.gettimeout() != 0.0:  # each setblocking() is a syscall
+                        sock.setblocking(False)
                 conn = _Connection(app, upstream, flow_id)
             except OSError as err:
                 log.info("relay setup failed: %s", err)
@@ -242,32 +267,38 @@ class SpliceRelay:
         for _ in range(_ROUNDS):
             if d.pending:
                 try:
-                    n = os.splice(d.rfd, d.dst_fd, d.pending, flags=_FLAGS)
+                    if d.data:
+                        n = os.write(d.dst_fd, d.data)
+                        d.data = d.data[n:] if n < len(d.data) else b""
+                    else:
+                        n = os.splice(d.rfd, d.dst_fd, d.pending, flags=_FLAGS)
                 except BlockingIOError:
                     return
                 d.pending -= n
                 if d.pending:
                     return
                 if d.eof:
-                    with contextlib.suppress(OSError):
-                        d.dst.shutdown(socket.SHUT_WR)
+                    _half_close(d)
                     return
             if d.eof:
                 return
             try:
-                n = os.splice(d.src_fd, d.wfd, CHUNK, flags=_FLAGS)
+                if d.rfd < 0:
+                    data = os.read(d.src_fd, COPY_CHUNK)
+                    n = len(data)
+                    if n:
+                        d.data = data
+                else:
+                    n = os.splice(d.src_fd, d.wfd, CHUNK, flags=_FLAGS)
             except BlockingIOError:
                 return
             if n == 0:
                 d.eof = True
-                with contextlib.suppress(OSError):
-                    d.dst.shutdown(socket.SHUT_WR)
+                _half_close(d)
                 return
             d.pending = n
-            if n >= d.capacity and d.capacity < CHUNK:
-                # A full pipe: this is a bulk flow; a bigger pipe means fewer splice calls.
-                with contextlib.suppress(OSError):
-                    d.capacity = fcntl.fcntl(d.wfd, F_SETPIPE_SZ, CHUNK)
+            if n == COPY_CHUNK and d.rfd < 0:
+                d.open_pipe()  # a full read: a bulk flow, splice from now on
             if d.upward:
                 self.on_bytes(flow_id, n, 0)
             else:

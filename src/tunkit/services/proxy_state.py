@@ -4,9 +4,10 @@ Contract:
 
 * :class:`ProxyConfig` is the validated command line (plain values).
 * :class:`ProxyState` holds the pure cores (fake-IP pools, DNS resolver, NAT tables, rules,
-  flow registry) and a fast translation cache keyed by raw address bytes.  Every thread
-  (TUN loop, relays, DNS server, UDP manager, status server) touches the cores only while
-  holding :attr:`ProxyState.lock`; the cores themselves are not thread-safe.
+  flow registry).  Every thread (reactor, TUN queue threads, DNS server, UDP manager, status
+  server) touches the cores only while holding :attr:`ProxyState.lock`; the cores themselves
+  are not thread-safe.  The fake-IP pools' SQLite stores are used only through the pools, so
+  the lock also serializes every database call (from whichever thread).
 * The prefix is split in two halves: the first half is the fake-IP pool (DNS answers), the
   second half the NAT's fake *sources*, so a fake source can never equal a fake destination.
   The TUN's own address (first host of the prefix) is reserved in both.
@@ -20,14 +21,12 @@ import ipaddress
 import os
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunkit.errors import ConfigError
 from tunkit.proxy.dns import FakeDnsResolver
-from tunkit.proxy.fakeip import FakeIpPool, PoolEntry, StoredPool
+from tunkit.proxy.fakeip import FakeIpPool
 from tunkit.proxy.flows import FlowRegistry
 from tunkit.proxy.nat import NatMapping, NatTable
 from tunkit.proxy.rules import DEFAULT, DIRECT, REJECT, RuleSet, Upstream, parse_rules
@@ -84,8 +83,11 @@ class ProxyConfig:
     udp_timeout: float = 60.0
     udp_max_sessions: int = 4096
     mtu: int = 9000
-    queues: int = 2
-    """TUN queues, one NAT loop thread each."""
+    queues: int = 1
+    """TUN queues: queue 0 is served on the relay's reactor thread, any further queue by a
+    thread of its own (more CPUs for the kernel work behind TUN writes, but a GIL hand-over
+    per packet batch: measured, 1 queue costs ~20 % less CPU per connection, same bulk
+    throughput)."""
 
 
 def split_prefix(prefix: str) -> tuple[IPNetwork, IPNetwork, IPNetwork]:
@@ -99,30 +101,6 @@ def split_prefix(prefix: str) -> tuple[IPNetwork, IPNetwork, IPNetwork]:
         raise ConfigError(f"prefix {net} is too small (at most /{limit})")
     low, high = net.subnets(prefixlen_diff=1)
     return net, low, high
-
-
-class ThreadBoundStore:
-    """A :class:`PoolStore` whose SQLite connection lives on one worker thread.
-
-    sqlite3 connections refuse use from another thread; the pool is used from the DNS
-    threads, so every call hops to the thread that opened the database (and waits)."""
-
-    def __init__(self, path: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fakeip-store")
-        self._store: SqlitePoolStore = self._executor.submit(SqlitePoolStore, path).result()
-
-    def load(self) -> StoredPool | None:
-        return self._executor.submit(self._store.load).result()
-
-    def reset(self, prefix: str) -> None:
-        self._executor.submit(self._store.reset, prefix).result()
-
-    def write(self, upserts: Sequence[PoolEntry], deletes: Sequence[str], cursor: int) -> None:
-        self._executor.submit(self._store.write, upserts, deletes, cursor).result()
-
-    def close(self) -> None:
-        self._executor.submit(self._store.close).result()
-        self._executor.shutdown()
 
 
 class ProxyState:
@@ -156,9 +134,9 @@ class ProxyState:
         store = store6 = None
         if config.state_file:
             Path(config.state_file).parent.mkdir(parents=True, exist_ok=True)
-            store = ThreadBoundStore(config.state_file)
+            store = SqlitePoolStore(config.state_file)
             if config.prefix6:
-                store6 = ThreadBoundStore(str(Path(config.state_file).with_suffix(".v6.sqlite")))
+                store6 = SqlitePoolStore(str(Path(config.state_file).with_suffix(".v6.sqlite")))
         self.store = store
         self.store6 = store6
         if config.prefix6 and self.tun_ip6 is not None:

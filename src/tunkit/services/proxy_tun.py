@@ -2,26 +2,29 @@
 
 Contract:
 
-* :class:`TunNatLoop` owns one vnet_hdr TUN fd and runs in one thread.  For every packet:
+* :class:`TunNatLoop` owns a vnet_hdr TUN.  :meth:`TunNatLoop.attach` serves a queue from a
+  reactor (the relay's epoll thread: packets are drained up to :data:`DRAIN` per readiness
+  event, NAT expiry runs once a second from a timer); :meth:`TunNatLoop.run` serves a queue
+  on a thread of its own.  For every packet:
 
   - TCP from the application ``A:a -> D:d``: on a SYN it decides the flow (rules, fake-IP
     domain), allocates a NAT pair ``F:f`` and rewrites the packet to ``F:f -> L:lp`` (our
     listener), later packets reuse the mapping.  A rejected flow, an exhausted NAT, a fake IP
     with no domain, or a non-SYN packet without a mapping is answered with an RST at once.
+    The decision (target, upstream, domain) is kept for the relay, which takes it at
+    accept() (:meth:`TunNatLoop.take_decision`) instead of deciding again.
   - TCP from the listener ``L:lp -> F:f``: rewritten back to ``D:d -> A:a``.
   - Rewrites are in place with incremental checksums (RFC 1624), on whole GSO super-packets
     (the vnet header is written back unchanged; NEEDS_CSUM packets get the partial-sum
-    update).  The checksum deltas of both directions are computed once per mapping, so a
-    packet costs two slice assignments and two one's-complement additions.
+    update).  Both directions' rewrites are precomputed once per mapping
+    (:func:`tunkit.packet.rewrite.precompute_flow_rewrite`), and looked up by the packet's
+    raw 4-tuple bytes: IPv4 TCP without options (nearly every packet) costs one slice, one
+    dict lookup, the rewrite and the write.
   - UDP to port 53: handed to the DNS server (hijack), whose answer is written back as a packet.
   - Other UDP: handed to the UDP session manager (rejected flows get ICMP port unreachable).
   - Anything else (ICMP, fragments) is dropped and counted.
-* With a multi-queue TUN, one thread runs :meth:`TunNatLoop.run` per queue: the kernel work
-  behind each TUN write (the whole receive path of the rewritten packet) then runs on
-  several CPUs.  New flows are set up under ``state.lock``; the translation cache is shared.
-  NAT expiry runs at most once a second, from the queue 0 thread.
-* A translation cache keyed by raw address bytes keeps the per-packet path free of
-  ``ipaddress`` objects; it mirrors the pure :class:`NatTable` under ``state.lock``.
+* New flows are set up, and NAT state advanced, under ``state.lock``; the translation cache
+  mirrors the pure :class:`NatTable` and is shared by every queue.
 """
 
 from __future__ import annotations
@@ -34,75 +37,41 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from tunkit.errors import MalformedPacketError, TunkitError
 from tunkit.io.tun import TunDevice
 from tunkit.packet.icmp import dest_unreachable_packet, dest_unreachable_v6_packet
 from tunkit.packet.ip import PROTO_TCP, PROTO_UDP, build_ip, ipv6_upper_layer
+from tunkit.packet.rewrite import FlowRewrite, apply_flow_rewrite, precompute_flow_rewrite
 from tunkit.packet.tcp import build_tcp_segment
 from tunkit.packet.vnet import GSO_NONE, NEEDS_CSUM, decode_vnet_hdr, gso_split
 from tunkit.proxy.nat import NatExhausted, NatKey, NatMapping
-from tunkit.proxy.rules import REJECT
+from tunkit.proxy.rules import REJECT, Upstream
 from tunkit.services.proxy_state import ProxyState
 
 log = logging.getLogger("tunkit.proxy")
 
 VNET_LEN = 10
 ZERO_VNET = bytes(VNET_LEN)
+DRAIN = 64
+"""Packets read per readiness event before the reactor serves its other fds."""
 _HH = struct.Struct("!HH")
-_I = struct.Struct("!I")
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
-# A precomputed rewrite, one per direction of a mapping:
-# (mapping, new src+dst addresses, new src+dst ports, full-checksum delta, address delta)
-Rewrite = tuple[NatMapping, bytes, bytes, int, int]
-FwdEntry = Rewrite
-"""Keyed by the app's (src bytes, src port, dst bytes, dst port): to ``F:f -> L:lp``."""
-RevEntry = Rewrite
-"""Keyed by (fake ip bytes, fake port): back to ``D:d -> A:a``."""
+Entry = tuple[NatMapping, FlowRewrite, bool]
+"""A mapping, the precomputed rewrite of one of its directions, and whether that direction
+is outbound (from the application)."""
 
 
-def _fold(value: int) -> int:
-    value = (value & 0xFFFF) + (value >> 16)
-    return (value & 0xFFFF) + (value >> 16)
+class Decision(NamedTuple):
+    """What the TUN loop decided at the SYN, for the relay to use at accept()."""
 
+    mapping: NatMapping
+    domain: str | None
+    target: str
+    upstream: Upstream
 
-def _delta(old: bytes, new: bytes) -> int:
-    """One's-complement sum of ``~old + new`` over 16-bit words (RFC 1624 eqn. 3 terms)."""
-    total = 0
-    for i in range(0, len(old), 2):
-        total += (~((old[i] << 8) | old[i + 1]) & 0xFFFF) + ((new[i] << 8) | new[i + 1])
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def make_rewrite(mapping: NatMapping, old_addrs: bytes, old_ports: bytes, new_addrs: bytes,
-                 new_ports: bytes) -> Rewrite:
-    """Everything a packet of this direction needs: new fields and checksum deltas."""
-    addr_delta = _delta(old_addrs, new_addrs)
-    return (mapping, new_addrs, new_ports, _fold(addr_delta + _delta(old_ports, new_ports)),
-            addr_delta)
-
-
-def apply_rewrite(pkt: memoryview, l4: int, rw: Rewrite, partial: bool) -> None:
-    """Rewrite addresses and ports of an IPv4/IPv6 TCP packet in place, checksums fixed
-    incrementally with the precomputed deltas (partial: NEEDS_CSUM pseudo-header sum)."""
-    _, addrs, ports, full, addr_delta = rw
-    csum = (pkt[l4 + 16] << 8) | pkt[l4 + 17]
-    # NEEDS_CSUM: the field is the non-inverted pseudo-header sum; only addresses are in it
-    csum = _fold(csum + addr_delta) if partial else ~_fold((~csum & 0xFFFF) + full) & 0xFFFF
-    pkt[l4 + 16] = csum >> 8
-    pkt[l4 + 17] = csum & 0xFF
-    pkt[l4 : l4 + 4] = ports
-    if len(addrs) == 8:
-        pkt[12:20] = addrs
-        ip = ~_fold((~((pkt[10] << 8) | pkt[11]) & 0xFFFF) + addr_delta) & 0xFFFF
-        pkt[10] = ip >> 8
-        pkt[11] = ip & 0xFF
-    else:
-        pkt[8:40] = addrs
 
 UdpSink = Callable[[Any, int, Any, int, bytes], None]
 """``(app ip, app port, dst ip, dst port, payload)``; never blocks."""
@@ -115,10 +84,13 @@ def _ip(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 class _QueueFd(threading.local):
-    """``.fd``: the queue fd of the calling loop thread (queue 0 for any other thread)."""
+    """``.fd``: the queue fd of the calling loop thread (queue 0 for any other thread);
+    ``.buf``/``.mv``: that thread's packet buffer."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.buf = bytearray(65535 + 256)
+        self.mv = memoryview(self.buf)
 
 
 class TunNatLoop:
@@ -130,11 +102,16 @@ class TunNatLoop:
         self._local = _QueueFd(self.fd)
         self.udp_sink = udp_sink
         self.dns_sink = dns_sink
-        self.fwd: dict[tuple[bytes, int, bytes, int], FwdEntry] = {}
-        self.rev: dict[tuple[bytes, int], RevEntry] = {}
+        self.flows: dict[bytes, Entry] = {}
+        """Keyed by a packet's raw 4-tuple ``src + dst + sport + dport`` (as in the headers):
+        the app's ``A D a d`` (to ``F:f -> L:lp``) and the listener's ``L F lp f`` (back to
+        ``D:d -> A:a``)."""
+        self.decisions: dict[tuple[bytes, int], Decision] = {}
+        """Keyed by (fake ip bytes, fake port): taken by the relay at accept()."""
         self.listen4 = state.tun_ip4.packed
         self.listen6 = state.tun_ip6.packed if state.tun_ip6 is not None else b""
         self.lport = state.listen_port
+        self.nat4 = state.nat4
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -148,11 +125,52 @@ class TunNatLoop:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, queue: int = 0) -> None:
-        """Serve one queue of the TUN (several threads may run one queue each)."""
+    def attach(self, reactor: Reactor, queue: int = 0) -> None:
+        """Serve ``queue`` from ``reactor``'s thread (call on that thread): no thread of its
+        own, so no GIL hand-over between the NAT and the relay for every packet."""
+        fd = self.tun.fileno(queue)
+        os.set_blocking(fd, False)
+        self._local.fd = fd
+        reactor.watch(fd, select.EPOLLIN, _TunWatcher(self, fd))
+
+        def tick() -> None:
+            if self.state.stopping.is_set():
+                return
+            now = time.monotonic()
+            self.expire(now)
+            reactor.call_at(now + 1.0, tick)
+
+        reactor.call_at(time.monotonic() + 1.0, tick)
+
+    def drain(self, fd: int, limit: int = DRAIN) -> bool:
+        """Read and handle up to ``limit`` packets; False once the queue is empty."""
         state = self.state
-        buf = bytearray(65535 + 256)
-        mv = memoryview(buf)
+        local = self._local
+        buf, mv = local.buf, local.mv
+        now = time.monotonic()
+        on_packet = self.on_packet
+        for _ in range(limit):
+            try:
+                n = os.readv(fd, [buf])
+            except BlockingIOError:
+                return False
+            except OSError as err:
+                if not state.stopping.is_set():
+                    log.warning("TUN read failed: %s", err)
+                return False
+            try:
+                on_packet(mv, n, now)
+            except (MalformedPacketError, ValueError, IndexError, struct.error) as err:
+                state.count("tun_dropped")
+                log.debug("dropped a malformed packet: %s", err)
+            except OSError as err:  # writing back (ENOBUFS, ...): drop, keep the loop
+                state.count("tun_dropped")
+                log.debug("TUN write failed: %s", err)
+        return True
+
+    def run(self, queue: int = 0) -> None:
+        """Serve one queue of the TUN on the calling thread, until ``state.stopping``."""
+        state = self.state
         fd = self.tun.fileno(queue)
         self._local.fd = fd
         os.set_blocking(fd, False)
@@ -165,26 +183,9 @@ class TunNatLoop:
             if now >= next_expire and queue == 0:
                 self.expire(now)
                 next_expire = now + 1.0
-            if not ready:
-                continue
-            for _ in range(512):
-                try:
-                    n = os.readv(fd, [buf])
-                except BlockingIOError:
-                    break
-                except OSError as err:
-                    if state.stopping.is_set():
-                        return
-                    log.warning("TUN read failed: %s", err)
-                    break
-                try:
-                    self.on_packet(mv, n, now)
-                except (MalformedPacketError, ValueError, IndexError, struct.error) as err:
-                    state.count("tun_dropped")
-                    log.debug("dropped a malformed packet: %s", err)
-                except OSError as err:  # writing back (ENOBUFS, ...): drop, keep the loop
-                    state.count("tun_dropped")
-                    log.debug("TUN write failed: %s", err)
+            if ready:
+                while self.drain(fd, 512):
+                    pass
 
     def expire(self, now: float) -> None:
         state = self.state
@@ -200,10 +201,37 @@ class TunNatLoop:
 
     def _forget(self, mapping: NatMapping) -> None:
         k = mapping.key
-        self.fwd.pop((k.src_ip, k.src_port, k.dst_ip, k.dst_port), None)
-        self.rev.pop((mapping.fake_ip, mapping.fake_port), None)
+        listen = self.listen4 if len(k.src_ip) == 4 else self.listen6
+        self.flows.pop(k.src_ip + k.dst_ip + _HH.pack(k.src_port, k.dst_port), None)
+        self.flows.pop(listen + mapping.fake_ip + _HH.pack(self.lport, mapping.fake_port), None)
+        decision = self.decisions.get((mapping.fake_ip, mapping.fake_port))
+        if decision is not None and decision.mapping is mapping:
+            del self.decisions[(mapping.fake_ip, mapping.fake_port)]
+
+    def take_decision(self, fake_ip: bytes, fake_port: int) -> Decision | None:
+        """The SYN-time decision for the flow the listener accepted from ``fake_ip:port``."""
+        decision = self.decisions.pop((fake_ip, fake_port), None)
+        if decision is None or not decision.mapping.live:
+            return None
+        return decision
 
     def on_packet(self, mv: memoryview, n: int, now: float) -> None:
+        """One packet read from the TUN (``mv[:n]``, vnet header first)."""
+        if (n >= VNET_LEN + 40 and mv[10] == 0x45 and mv[19] == PROTO_TCP
+                and not (mv[16] & 0x1F or mv[17])):
+            # The common case, IPv4 TCP without options: the 4-tuple is one slice.
+            self.state.counters["tun_packets"] += 1
+            entry = self.flows.get(mv[22:34].tobytes())
+            if entry is not None:
+                mapping, rw, outbound = entry
+                apply_flow_rewrite(mv[VNET_LEN:n], 20, rw, bool(mv[0] & NEEDS_CSUM))
+                with self.state.lock:
+                    self.nat4.note_packet(mapping, now, mv[43], outbound=outbound)
+                os.write(self._local.fd, mv[:n])
+                return
+            self.on_new_tcp(mv, n, mv[VNET_LEN:n], 20, bytes(mv[22:26]), bytes(mv[26:30]),
+                            self.listen4, now)
+            return
         if n < VNET_LEN + 20:
             self.state.count("tun_dropped")
             return
@@ -244,47 +272,45 @@ class TunNatLoop:
 
     def on_tcp(self, mv: memoryview, n: int, pkt: memoryview, l4: int, src: bytes, dst: bytes,
                listen: bytes, now: float) -> None:
-        sport, dport = _HH.unpack_from(pkt, l4)
-        tflags = pkt[l4 + 13]
-        partial = bool(mv[0] & NEEDS_CSUM)
-        state = self.state
-        if src == listen and sport == self.lport:
-            rev = self.rev.get((dst, dport))
-            if rev is None:
-                state.count("tun_dropped")
-                return
-            apply_rewrite(pkt, l4, rev, partial)
-            with state.lock:
-                table = state.nat4 if len(src) == 4 else state.nat6
-                assert table is not None
-                table.note_packet(rev[0], now, tflags, outbound=False)
-            os.write(self._local.fd, mv[:n])
+        """Any TCP packet (IPv6, IPv4 with options): ``pkt`` is ``mv[VNET_LEN:n]``."""
+        entry = self.flows.get(src + dst + pkt[l4 : l4 + 4].tobytes())
+        if entry is None:
+            self.on_new_tcp(mv, n, pkt, l4, src, dst, listen, now)
             return
-        key = (src, sport, dst, dport)
-        fwd = self.fwd.get(key)
-        if fwd is None:
-            if tflags & _RST:
-                return
-            if not tflags & _SYN or tflags & _ACK:
-                self.send_rst(pkt, l4, src, sport, dst, dport, tflags)
-                return
-            fwd = self.open_flow(src, sport, dst, dport)
-            if fwd is None:
-                self.send_rst(pkt, l4, src, sport, dst, dport, tflags)
-                return
-        apply_rewrite(pkt, l4, fwd, partial)
+        mapping, rw, outbound = entry
+        apply_flow_rewrite(pkt, l4, rw, bool(mv[0] & NEEDS_CSUM))
+        state = self.state
         with state.lock:
             table = state.nat4 if len(src) == 4 else state.nat6
             assert table is not None
-            table.note_packet(fwd[0], now, tflags, outbound=True)
+            table.note_packet(mapping, now, pkt[l4 + 13], outbound=outbound)
         os.write(self._local.fd, mv[:n])
 
-    def open_flow(self, src: bytes, sport: int, dst: bytes, dport: int) -> FwdEntry | None:
+    def on_new_tcp(self, mv: memoryview, n: int, pkt: memoryview, l4: int, src: bytes,
+                   dst: bytes, listen: bytes, now: float) -> None:
+        """A TCP packet of no known flow: a SYN opens one, anything else gets an RST."""
+        sport, dport = _HH.unpack_from(pkt, l4)
+        tflags = pkt[l4 + 13]
+        if src == listen and sport == self.lport:  # our listener to a forgotten flow
+            self.state.count("tun_dropped")
+            return
+        if tflags & _RST:
+            return
+        if not tflags & _SYN or tflags & _ACK:
+            self.send_rst(pkt, l4, src, sport, dst, dport, tflags)
+            return
+        if self.open_flow(src, sport, dst, dport) is None:
+            self.send_rst(pkt, l4, src, sport, dst, dport, tflags)
+            return
+        self.on_tcp(mv, n, pkt, l4, src, dst, listen, now)
+
+    def open_flow(self, src: bytes, sport: int, dst: bytes, dport: int) -> Entry | None:
         """Decide and allocate a new flow; None means: answer with an RST."""
         state = self.state
         app_ip, dst_ip = _ip(src), _ip(dst)
         with state.lock:
             is_fake, domain = state.domain_of(dst_ip)
+            upstream = state.config.upstream
             if dport == 53 and self.dns_sink is not None:
                 target = "dns"
             elif is_fake and domain is None:
@@ -292,7 +318,7 @@ class TunNatLoop:
                          dst_ip, dport)
                 target = REJECT
             else:
-                target, _ = state.decide(domain, dst_ip, dport, "tcp")
+                target, upstream = state.decide(domain, dst_ip, dport, "tcp")
             if target == REJECT:
                 state.count("tcp_rejected")
                 return None
@@ -310,13 +336,15 @@ class TunNatLoop:
                 log.warning("%s", err)
                 return None
         listen = self.listen4 if len(src) == 4 else self.listen6
-        app_ports = _HH.pack(sport, dport)
-        fake_ports = _HH.pack(mapping.fake_port, self.lport)
-        entry = make_rewrite(mapping, src + dst, app_ports, mapping.fake_ip + listen, fake_ports)
-        self.fwd[(src, sport, dst, dport)] = entry
-        self.rev[(mapping.fake_ip, mapping.fake_port)] = make_rewrite(
-            mapping, listen + mapping.fake_ip, _HH.pack(self.lport, mapping.fake_port),
-            dst + src, _HH.pack(dport, sport))
+        app_ports, fake_ports = _HH.pack(sport, dport), _HH.pack(mapping.fake_port, self.lport)
+        back_ports = _HH.pack(self.lport, mapping.fake_port)
+        entry = (mapping, precompute_flow_rewrite(src + dst, app_ports, mapping.fake_ip + listen,
+                                                  fake_ports), True)
+        self.flows[src + dst + app_ports] = entry
+        self.flows[listen + mapping.fake_ip + back_ports] = (mapping, precompute_flow_rewrite(
+            listen + mapping.fake_ip, back_ports, dst + src, _HH.pack(dport, sport)), False)
+        self.decisions[(mapping.fake_ip, mapping.fake_port)] = Decision(mapping, domain, target,
+                                                                        upstream)
         return entry
 
     def send_rst(self, pkt: memoryview, l4: int, src: bytes, sport: int, dst: bytes,
@@ -368,3 +396,19 @@ class TunNatLoop:
             self.write_packet(dest_unreachable_packet(from_ip, original, 3))
         else:
             self.write_packet(dest_unreachable_v6_packet(from_ip, original, 4))
+
+
+class Reactor(Protocol):
+    def watch(self, fd: int, mask: int, watcher: Any) -> None: ...
+    def call_at(self, deadline: float, fn: Callable[[], None]) -> None: ...
+
+
+class _TunWatcher:
+    __slots__ = ("fd", "loop")
+
+    def __init__(self, loop: TunNatLoop, fd: int) -> None:
+        self.loop, self.fd = loop, fd
+
+    def on_event(self, events: int) -> None:
+        # level-triggered: what is left after DRAIN packets comes back on the next poll
+        self.loop.drain(self.fd)
