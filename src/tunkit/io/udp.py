@@ -30,10 +30,12 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tunkit.errors import ConfigError, DeviceError
 
 Endpoint = tuple[str, int]
+Buffer = bytes | bytearray | memoryview
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -93,6 +95,29 @@ def endpoint_of(value: object) -> Endpoint:
     if isinstance(value, str):
         return parse_endpoint(value)
     raise ConfigError(f"not an endpoint: {value!r}")
+
+
+class _Cut(Sequence[memoryview]):
+    """A buffer seen as datagrams of ``size`` bytes (the last may be shorter), lazily."""
+
+    __slots__ = ("_size", "_view")
+
+    def __init__(self, view: memoryview, size: int) -> None:
+        self._view = view
+        self._size = size
+
+    def __len__(self) -> int:
+        return -(-len(self._view) // self._size)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError(index)
+        return self._view[index * self._size : (index + 1) * self._size]
 
 
 class UdpTransport:
@@ -189,7 +214,7 @@ class UdpTransport:
             return ("::ffff:" + host, port)
         return (host, port)
 
-    def sendto(self, data: bytes, endpoint: Endpoint) -> bool:
+    def sendto(self, data: Buffer, endpoint: Endpoint) -> bool:
         """Send one datagram; False (and a counted error) when the kernel refuses it."""
         self.tx_syscalls += 1
         try:
@@ -204,15 +229,23 @@ class UdpTransport:
         self.tx_datagrams += 1
         return True
 
-    def send_batch(self, datagrams: Sequence[bytes], endpoint: Endpoint) -> None:
-        """Send datagrams to one endpoint, in order, in as few syscalls as GSO allows."""
+    def send_batch(
+        self, datagrams: Sequence[Buffer], endpoint: Endpoint, packed: Buffer | None = None
+    ) -> None:
+        """Send datagrams to one endpoint, in order, in as few syscalls as GSO allows.
+
+        ``packed``, if given, is the datagrams back to back in one buffer: each GSO group
+        then goes to the kernel as one slice of it instead of one iovec per datagram.
+        """
         n = len(datagrams)
         if n == 1 or not self.gso_enabled:
             for d in datagrams:
                 self.sendto(d, endpoint)
             return
         address = self._address(endpoint)
+        view = memoryview(packed) if packed is not None else None
         i = 0
+        offset = 0
         while i < n:
             size = len(datagrams[i])
             j = i + 1
@@ -229,16 +262,42 @@ class UdpTransport:
             if j - i == 1:
                 self.sendto(datagrams[i], endpoint)
             else:
-                self._send_segmented(datagrams[i:j], size, address, endpoint)
+                group: Sequence[Buffer] = datagrams[i:j]
+                whole = (view[offset : offset + total],) if view is not None else group
+                self._send_segmented(group, whole, size, address, endpoint)
+            offset += total
             i = j
 
+    def send_packed(self, packed: Buffer, segment_size: int, endpoint: Endpoint) -> None:
+        """Send ``packed`` as datagrams of ``segment_size`` bytes (the last may be shorter)
+        to one endpoint: one GSO ``sendmsg`` per ``MAX_GSO_BYTES`` of them, no per-datagram
+        work in Python."""
+        view = memoryview(packed)
+        total = len(view)
+        if segment_size <= 0:
+            segment_size = max(total, 1)
+        if not self.gso_enabled or total <= segment_size:
+            for offset in range(0, total, segment_size):
+                self.sendto(view[offset : offset + segment_size], endpoint)
+            return
+        address = self._address(endpoint)
+        step = max(1, min(MAX_GSO_SEGMENTS, MAX_GSO_BYTES // segment_size)) * segment_size
+        for offset in range(0, total, step):
+            chunk = view[offset : offset + step]
+            if len(chunk) <= segment_size:
+                self.sendto(chunk, endpoint)
+            else:
+                group = _Cut(chunk, segment_size)
+                self._send_segmented(group, (chunk,), segment_size, address, endpoint)
+
     def _send_segmented(
-        self, group: Sequence[bytes], size: int, address: tuple[str, int], endpoint: Endpoint
+        self, group: Sequence[Buffer], whole: Sequence[Buffer], size: int,
+        address: tuple[str, int], endpoint: Endpoint,
     ) -> None:
         self.tx_syscalls += 1
         try:
             self._sock.sendmsg(
-                group, [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, address
+                whole, [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, address
             )
         except (BlockingIOError, InterruptedError):
             self.tx_errors += len(group)
@@ -284,6 +343,36 @@ class UdpTransport:
         datagrams = [bytes(view[k : k + segment]) for k in range(0, len(data), segment)]
         self.rx_datagrams += len(datagrams)
         return (datagrams, endpoint)
+
+    def receive_into(self, buffer: memoryview) -> tuple[int, int, Endpoint] | None:
+        """Read one syscall's worth into ``buffer``: ``(nbytes, segment_size, source)``.
+
+        ``segment_size`` is the UDP GRO size (datagrams of that size back to back, the
+        last possibly shorter), or 0 for a single datagram.  None when nothing is waiting;
+        ``nbytes`` is -1 for an error that carried no datagram (ICMP errors).
+        """
+        try:
+            nbytes, ancdata, _flags, source = self._sock.recvmsg_into(
+                (buffer,), _CMSG_SPACE
+            )
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return (-1, 0, ("0.0.0.0", 0))
+        self.rx_syscalls += 1
+        segment = 0
+        for level, kind, value in ancdata:
+            if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                segment = _INT.unpack_from(value)[0]
+        if segment <= 0 or segment >= nbytes:
+            segment = 0
+            self.rx_datagrams += 1
+        else:
+            self.rx_datagrams += -(-nbytes // segment)
+        host = source[0]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return (nbytes, segment, (host, source[1]))
 
     def receive_many(self, max_syscalls: int = 64) -> Iterable[tuple[list[bytes], Endpoint]]:
         """Drain up to ``max_syscalls`` reads; stops early when the socket is empty."""

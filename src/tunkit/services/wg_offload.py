@@ -9,7 +9,9 @@ kernel's TCP stack handles one 64 KiB packet instead of ~45.
 It produces exactly what :func:`tunkit.packet.vnet.gro_coalesce` produces, with the same
 merge rules (Linux GRO's), but compares each segment against its group's first segment with
 a handful of byte-slice comparisons instead of building a flow key per packet: it is the
-per-packet cost that bounds the daemon's throughput. Anything that is not plain TCP (UDP,
+per-packet cost that bounds the daemon's throughput.  Runs of at least ``VECTOR_MIN_RUN``
+full-size followers are checked with a handful of numpy operations over all of them at once
+(the same rules) and their payloads gathered with one copy. Anything that is not plain TCP (UDP,
 ICMP, IP options, fragments, v6 extension headers, SYN/FIN/RST/URG, options other than
 NOP/timestamps) is passed through unchanged with a zero header, in order. Pure: no I/O.
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+
+import numpy as np
 
 from tunkit.packet.checksum import ones_complement_sum, pseudo_header_sum
 
@@ -51,6 +55,22 @@ def _header_mask(l4: int, hl: int) -> int:
 
 _MASK4 = {hl: _header_mask(20, hl) for hl in range(40, 81, 4)}
 _MASK6 = {hl: _header_mask(40, hl) for hl in range(60, 101, 4)}
+
+
+def _vector_mask(l4: int, hl: int, mask: int) -> np.ndarray:
+    """The scalar mask plus the length field and the CWR bit (see :func:`_vector_run`)."""
+    len_at = 2 if l4 == 20 else 4
+    mask |= 0xFFFF << (8 * (hl - len_at - 2)) | _CWR << (8 * (hl - l4 - 14))
+    return np.frombuffer(mask.to_bytes(hl, "big"), dtype=np.uint8)
+
+
+_NP_MASK = {
+    (l4, hl): _vector_mask(l4, hl, mask)
+    for l4, masks in ((20, _MASK4), (40, _MASK6))
+    for hl, mask in masks.items()
+}
+VECTOR_MIN_RUN = 8
+"""Runs of at least this many full-size followers are checked with numpy, all at once."""
 
 
 def _only_timestamps(opts: bytes) -> bool:
@@ -115,11 +135,78 @@ def _emit(first: bytes, l4: int, hl: int, mss: int, payloads: list[memoryview], 
     return vnet, b"".join(payloads)
 
 
+def _vector_run(packets: Sequence[bytes], sizes: np.ndarray, i: int, first: bytes, l4: int,
+                hl: int, mss: int, next_seq: int) -> tuple[int, bool, bytes]:
+    """The scalar merge loop for the followers ``packets[i:]`` that have exactly the first
+    segment's size, done with numpy over all of them at once: ``(followers taken, PSH
+    seen, their payloads concatenated)``.  Stops where the scalar loop would (a header or
+    sequence mismatch, CWR, the 64 KiB cap) and after a follower with PSH.
+
+    Numpy calls cost microseconds each here, so the checks are folded into few of them:
+    one masked comparison of whole headers (the length field included: every follower has
+    the first's size, and CWR cleared in the template) and one of the sequence numbers."""
+    size = len(first)
+    if size % 4:
+        return 0, False, b""
+    stop = min(len(packets), i + (MAX_SUPER_PACKET - size) // mss)
+    if stop - i < VECTOR_MIN_RUN:
+        return 0, False, b""
+    other = np.flatnonzero(sizes[i:stop] != size)
+    if other.size:
+        stop = i + int(other[0])
+    count = stop - i
+    if count < VECTOR_MIN_RUN:
+        return 0, False, b""
+    blob = b"".join(packets[i:stop])
+    rows = np.frombuffer(blob, dtype=np.uint8).reshape(count, size)
+    mask, template = _vector_template(first, l4, hl)
+    masked = rows[:, :hl] & mask
+    words = np.frombuffer(blob, dtype=">u4").reshape(count, size // 4)
+    seqs = words[:, (l4 + 4) // 4]
+    expected = ((_steps(count, mss) + next_seq) & 0xFFFFFFFF).astype(">u4")
+    # the common case, every follower good, with two bytes comparisons
+    if masked.tobytes() == template.tobytes() * count and seqs.tobytes() == expected.tobytes():
+        taken = count
+    else:
+        good = (masked == template).all(axis=1) & (seqs == expected)
+        taken = count if good.all() else int(np.argmin(good))
+    psh = False
+    if taken:
+        pushed = np.flatnonzero(rows[:taken, l4 + 13] & _PSH)
+        if pushed.size:
+            taken = int(pushed[0]) + 1
+            psh = True
+    return taken, psh, rows[:taken, hl:].tobytes()
+
+
+def _vector_template(first: bytes, l4: int, hl: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, masked template) over a ``hl``-byte header for :func:`_vector_run`."""
+    mask = _NP_MASK[(l4, hl)]
+    template = np.frombuffer(first, dtype=np.uint8, count=hl) & mask
+    template[l4 + 13] &= ~_CWR & 0xFF
+    return mask, template
+
+
+_STEPS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _steps(count: int, mss: int) -> np.ndarray:
+    """``[0, mss, 2*mss, ...]`` (``count`` values), cached."""
+    key = (count, mss)
+    steps = _STEPS.get(key)
+    if steps is None:
+        if len(_STEPS) > 256:
+            _STEPS.clear()
+        steps = _STEPS[key] = np.arange(count, dtype=np.int64) * mss
+    return steps
+
+
 def coalesce_for_tun(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
     """See the module docstring."""
     out: list[tuple[bytes, bytes]] = []
     append = out.append
     n = len(packets)
+    sizes: np.ndarray | None = None  # packet lengths, computed for the first long run
     i = 0
     while i < n:
         first = packets[i]
@@ -147,7 +234,16 @@ def coalesce_for_tun(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
         total = len(first)
         psh = False
         last_len = mss
-        while i < n and last_len == mss:
+        if n - i >= VECTOR_MIN_RUN:
+            if sizes is None:
+                sizes = np.fromiter(map(len, packets), dtype=np.int64, count=n)
+            taken, psh, chunk = _vector_run(packets, sizes, i, first, l4, hl, mss, next_seq)
+            if taken:
+                payloads.append(memoryview(chunk))
+                total += taken * mss
+                next_seq = (next_seq + taken * mss) & 0xFFFFFFFF
+                i += taken
+        while i < n and last_len == mss and not psh:
             q = packets[i]
             size = len(q)
             plen = size - hl

@@ -9,8 +9,13 @@ Contract:
   selector loop on the calling thread until :meth:`stop` or a signal, the TUN device
   disappearing, or the socket file being deleted; it returns the reason as a string.
 * The hot path works on batches: every wake-up drains up to ``BATCH`` reads from the TUN fd
-  (or ``BATCH`` GRO reads from UDP), feeds them to the core in one call, and flushes the
-  resulting actions with one GSO ``sendmsg`` per run of same-size datagrams to one endpoint.
+  (or ``BATCH`` GRO reads from UDP), and flushes the resulting actions with one GSO
+  ``sendmsg`` per run of same-size datagrams to one endpoint.  TUN -> UDP: a TSO
+  super-packet is read into a reused buffer, its segment headers are computed at once
+  (:func:`tunkit.packet.vnet.gso_headers`) and the core seals the segments in place
+  (:meth:`Device.send_segments`) into one buffer that goes out as one ``sendmsg`` slice per
+  GSO run.  UDP -> TUN: GRO reads land in one preallocated buffer and each read is one
+  call of :meth:`Device.receive_segments`; the decrypted TCP runs are coalesced.
 * The core is not thread-safe: the UAPI threads and the loop share ``self.lock``.
 * ``now`` passed to the core is ``time.monotonic()``; the core's ``wall_offset`` turns it
   into wall-clock time for TAI64N and ``last_handshake_time``.
@@ -19,8 +24,8 @@ Contract:
   dropped and counted.
 * :meth:`close` removes everything it created: socket file, UDP socket, TUN device.
 * Offloads: the TUN device is opened with ``IFF_VNET_HDR`` and TSO/USO/CSUM offloads, so a
-  read may be a 64 KiB super-packet (split with :func:`tunkit.packet.vnet.gso_split`) and
-  decrypted TCP runs are written back coalesced (:mod:`tunkit.services.wg_offload`).
+  read may be a 64 KiB super-packet (segmented in place, see above) and decrypted TCP runs
+  are written back coalesced (:mod:`tunkit.services.wg_offload`).
 
 Developer switches (environment): ``TUNKIT_WG_OFFLOAD=0`` (plain TUN), ``TUNKIT_WG_TSO=0``
 (vnet header for coalesced writes, but the kernel segments what we read), ``TUNKIT_WG_GSO=0``,
@@ -53,6 +58,7 @@ from tunkit.packet.vnet import (
     NEEDS_CSUM,
     VNET_HDR_LEN,
     decode_vnet_hdr,
+    gso_headers,
     gso_split,
 )
 from tunkit.services.uapi_server import SOCKET_DIRECTORY, UapiServer
@@ -73,6 +79,7 @@ BATCH = int(os.environ.get("TUNKIT_WG_BATCH", "16"))
 UNDER_LOAD_HANDSHAKES = 8
 UNDER_LOAD_HOLD = 1.0
 _HANDSHAKE_SIZES = frozenset((148, 92))
+RX_SLOT_BYTES = 65535 + 64  # one GRO read: up to 64 KiB of datagrams
 TUN_READ_SIZE = 65535 + 256  # a 64 KiB super-packet plus its virtio_net_hdr
 LIVENESS_INTERVAL = 0.5
 SIOCGIFMTU = 0x8921
@@ -101,6 +108,9 @@ class WireGuardService:
         self.offload = False
         self.udp: UdpTransport | None = None
         self.uapi: UapiServer | None = None
+        self._rx_view = memoryview(bytearray(BATCH * RX_SLOT_BYTES))
+        self._tx_buffer = bytearray(TUN_READ_SIZE)  # one TUN read, reused (sealed in place)
+        self._tx_view = memoryview(self._tx_buffer)
         try:
             self.offload = os.environ.get("TUNKIT_WG_OFFLOAD") != "0"
             # TSO lets one read carry ~45 segments, but we must then split them and compute
@@ -311,15 +321,24 @@ class WireGuardService:
             selector.close()
         return self._stop_reason or "stopped"
 
-    def _read_tun(self) -> list[bytes]:
-        """Drain up to BATCH reads from TUN as plain IP packets (super-packets split)."""
+    def _read_tun(self) -> None:
+        """Drain up to BATCH reads from TUN into the core.
+
+        A TSO super-packet is read into a reusable buffer and handed to the core at once
+        (:meth:`Device.send_segments` seals its segments in place); plain packets are
+        collected and sent as one batch (before the next super-packet, to keep order)."""
         assert self.tun is not None
         fd = self.tun.fileno()
         packets: list[bytes] = []
         offload = self.offload
+        buffer = self._tx_buffer
+        view = self._tx_view
         for _ in range(BATCH):
             try:
-                data = os.read(fd, TUN_READ_SIZE)
+                if offload:
+                    size = os.readv(fd, (buffer,))
+                else:
+                    data = os.read(fd, TUN_READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -332,14 +351,41 @@ class WireGuardService:
                 packets.append(data)
                 continue
             try:
-                flags, gso_type = data[0], data[1]
-                if gso_type == GSO_NONE and not flags & NEEDS_CSUM:
-                    packets.append(data[VNET_HDR_LEN:])
-                else:
-                    packets.extend(gso_split(decode_vnet_hdr(data), data[VNET_HDR_LEN:]))
+                if size <= VNET_HDR_LEN:
+                    raise MalformedPacketError("short read")
+                flags, gso_type = buffer[0], buffer[1]
+                if gso_type == GSO_NONE:
+                    if flags & NEEDS_CSUM:
+                        packets.extend(gso_split(decode_vnet_hdr(buffer), view[VNET_HDR_LEN:size]))
+                    else:
+                        packets.append(bytes(view[VNET_HDR_LEN:size]))
+                    continue
+                hdr = decode_vnet_hdr(buffer)
+                segments = gso_headers(hdr, view[VNET_HDR_LEN:size])
             except (MalformedPacketError, IndexError, ValueError):
                 self.counters["tun_rx_malformed"] += 1
-        return packets
+                continue
+            if segments is None:  # cannot happen: gso_type is not NONE
+                continue
+            if packets:
+                self._send_packets(packets)
+                packets = []
+            self.counters["tun_rx_packets"] += segments.count
+            self.counters["tun_rx_super_packets"] += 1
+            now = self.now()
+            with self.lock:
+                try:
+                    actions = self.device.send_segments(
+                        view[VNET_HDR_LEN : VNET_HDR_LEN + segments.end], segments.headers,
+                        segments.hdr_len, segments.mss, now,
+                    )
+                except Exception:  # the core must never take the daemon down
+                    self.counters["tun_rx_errors"] += 1
+                    log.exception("send_segments failed")
+                    continue
+            self._execute(actions)
+        if packets:
+            self._send_packets(packets)
 
     def _write_tun(self, packets: list[bytes]) -> None:
         """Write decrypted IP packets; with offloads, TCP runs go in as GRO super-packets."""
@@ -365,9 +411,9 @@ class WireGuardService:
         self.counters["tun_tx_writes"] += written
 
     def _pump_tun(self) -> None:
-        packets = self._read_tun()
-        if not packets:
-            return
+        self._read_tun()
+
+    def _send_packets(self, packets: list[bytes]) -> None:
         self.counters["tun_rx_packets"] += len(packets)
         now = self.now()
         with self.lock:
@@ -380,24 +426,52 @@ class WireGuardService:
         self._execute(actions)
 
     def _pump_udp(self) -> None:
+        """Drain up to BATCH GRO reads into one preallocated buffer, then hand each read's
+        datagrams to the core as one run (:meth:`Device.receive_segments`)."""
         assert self.udp is not None and self.tun is not None
-        batch: list[tuple[bytes, Endpoint]] = []
-        for datagrams, source in self.udp.receive_many(BATCH):
-            batch.extend((datagram, source) for datagram in datagrams)
-        if not batch:
+        udp = self.udp
+        view = self._rx_view
+        reads: list[tuple[int, int, int, Endpoint]] = []  # (offset, nbytes, gso size, source)
+        offset = 0
+        handshakes = 0
+        datagrams = 0
+        for _ in range(BATCH):
+            got = udp.receive_into(view[offset : offset + RX_SLOT_BYTES])
+            if got is None:
+                break
+            nbytes, segment, source = got
+            if nbytes < 0:
+                continue
+            size = segment or nbytes
+            count = -(-nbytes // size) if nbytes else 1
+            datagrams += count
+            if size in _HANDSHAKE_SIZES and view[offset] in (1, 2):
+                handshakes += count
+            reads.append((offset, nbytes, segment, source))
+            offset += RX_SLOT_BYTES
+        if not reads:
             return
-        self.counters["udp_rx_datagrams"] += len(batch)
+        self.counters["udp_rx_datagrams"] += datagrams
         now = self.now()
-        handshakes = sum(1 for d, _ in batch if len(d) in _HANDSHAKE_SIZES and d[0] in (1, 2))
         if handshakes >= UNDER_LOAD_HANDSHAKES:
             self._under_load_until = now + UNDER_LOAD_HOLD
+        packets: list[bytes] = []
+        actions: list[Any] = []
         with self.lock:
-            self.device.under_load = now < self._under_load_until
+            device = self.device
+            device.under_load = now < self._under_load_until
             try:
-                packets, actions = self.device.receive_datagrams(batch, now)
+                for start, nbytes, segment, source in reads:
+                    if nbytes:
+                        device.receive_segments(view[start : start + nbytes], segment, source,
+                                                now, packets, actions)
+                    else:
+                        got_packets, got_actions = device.receive_datagrams([(b"", source)], now)
+                        packets += got_packets
+                        actions += got_actions
             except Exception:
                 self.counters["udp_rx_errors"] += 1
-                log.exception("receive_datagrams failed")
+                log.exception("receive_segments failed")
                 return
         if actions:
             self._execute(actions)
@@ -407,12 +481,23 @@ class WireGuardService:
     def _execute(self, actions: Iterable[Any]) -> None:
         """Perform the core's actions in order; datagrams to one endpoint go out as batches."""
         assert self.tun is not None and self.udp is not None
-        pending: list[bytes] = []
+        pending: list[Any] = []
         pending_to: Any = None
         udp = self.udp
         for action in actions:
             kind = type(action)
-            if kind is SendDatagram or kind is SendDatagrams:
+            if kind is SendDatagrams and action.packed is not None:
+                # already one buffer: send it as it is (GSO runs are slices of it)
+                if pending:
+                    udp.send_batch(pending, endpoint_of(pending_to))
+                    pending = []
+                if action.segment_size:
+                    udp.send_packed(action.packed, action.segment_size,
+                                    endpoint_of(action.endpoint))
+                else:
+                    udp.send_batch(action.datagrams, endpoint_of(action.endpoint),
+                                   action.packed)
+            elif kind is SendDatagram or kind is SendDatagrams:
                 if pending and action.endpoint != pending_to:
                     udp.send_batch(pending, endpoint_of(pending_to))
                     pending = []

@@ -20,8 +20,14 @@ the packet to TUN; :class:`HandshakeCompleted`, :class:`HandshakeGaveUp`,
 deadline may have moved: re-read :meth:`Device.next_deadline`.
 
 Batch forms for the hot path: :meth:`Device.send_packets` (one :class:`SendDatagrams` per
-peer) and :meth:`Device.receive_datagrams`, which returns ``(tun_packets, actions)`` so no
-per-packet action object is allocated.
+peer, the route looked up once per run of one destination) and
+:meth:`Device.receive_datagrams`, which returns ``(tun_packets, actions)`` so no
+per-packet action object is allocated.  Fastest: :meth:`Device.send_segments` seals the
+segments of a TSO super-packet in place (headers from
+:func:`tunkit.packet.vnet.gso_headers`), and :meth:`Device.receive_segments` takes one UDP
+GRO read (a buffer cut every ``gso_size`` bytes) and amortises per run of one receiver
+index what is per-keypair (lookup, expiry, the peer's timers/roaming/rotation
+bookkeeping) while every message keeps its own tag check and replay-window update.
 
 Time: ``now`` is monotonic seconds (any origin).  Wall-clock time, needed for TAI64N
 timestamps and ``last_handshake``, is ``now + device.wall_offset``; the shell sets
@@ -43,9 +49,13 @@ Management (used by UAPI): :meth:`set_private_key`, :meth:`add_peer`, :meth:`upd
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Network, IPv6Network
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
 
 from tunkit.errors import LocalProtocolError, RemoteProtocolError
 
@@ -55,6 +65,7 @@ from .constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     TRANSPORT_MIN_SIZE,
 )
@@ -84,7 +95,7 @@ from .peer import (
     WriteToTunnel,
 )
 from .ratelimiter import RateLimiter, source_key
-from .session import ReplayError
+from .session import Keypair, ReplayError
 
 __all__ = [
     "Action",
@@ -132,6 +143,10 @@ class DeviceStats:
 
 
 _TRANSPORT_WORD = MESSAGE_TRANSPORT
+_NONCE = struct.Struct("<4xQ")
+_UNKNOWN_INDEX = 1
+_EXPIRED = 2
+Buffer = bytes | bytearray | memoryview
 _unpack_transport = TRANSPORT_HEADER.unpack_from
 
 
@@ -211,19 +226,190 @@ class Device:
             return []
         return peer.encapsulate(ip_packet, now)
 
-    def send_packets(self, ip_packets: Iterable[bytes], now: float) -> list[Action]:
-        """Batch :meth:`send_packet`: one SendDatagrams per peer, order kept per peer."""
-        by_peer: dict[Peer, list[bytes]] = {}
+    def send_packets(self, ip_packets: Iterable[Buffer], now: float) -> list[Action]:
+        """Batch :meth:`send_packet`: one SendDatagrams per peer, order kept per peer.
+
+        Packets may be views of a buffer the caller reuses after the call.  The route is
+        looked up once per run of packets to the same destination (the segments of a TSO
+        super-packet share it)."""
+        by_peer: dict[Peer, list[Buffer]] = {}
+        stats = self.stats
+        lookup = self.allowed_ips.lookup
+        last_dst: Buffer | None = None
+        run: list[Buffer] | None = None
         for packet in ip_packets:
-            peer = self._route(packet)
-            if peer is not None:
-                by_peer.setdefault(peer, []).append(packet)
+            size = len(packet)
+            version = packet[0] >> 4 if size else 0
+            if version == 4 and size >= 20:
+                dst = packet[16:20]
+            elif version == 6 and size >= 40:
+                dst = packet[24:40]
+            else:
+                stats.invalid_outbound += 1
+                continue
+            if dst != last_dst:
+                last_dst = dst
+                peer = lookup(dst)
+                run = None if peer is None else by_peer.setdefault(peer, [])
+            if run is None:
+                stats.no_route += 1
+            else:
+                run.append(packet)
         actions: list[Action] = []
         for peer, packets in by_peer.items():
             actions.extend(peer.encapsulate_batch(packets, now))
         return actions
 
+    def send_segments(
+        self, packet: memoryview, headers: Buffer, hdr_len: int, mss: int, now: float
+    ) -> list[Action]:
+        """Send the segments of a TSO/USO super-packet (``packet`` after its vnet header, as
+        described by :class:`tunkit.packet.vnet.SegmentHeaders`), routed once by the first
+        segment's destination and sealed in place: ``packet`` (writable) is overwritten."""
+        if hdr_len < 20 or len(headers) < hdr_len or mss < 1:
+            self.stats.invalid_outbound += 1
+            return []
+        peer = self._route(bytes(headers[:hdr_len]))
+        if peer is None:
+            return []
+        return peer.encapsulate_segments(packet, headers, hdr_len, mss, now)
+
     # -- network -> TUN ----------------------------------------------------------------------
+
+    def receive_segments(
+        self,
+        buffer: memoryview,
+        segment_size: int,
+        source: Endpoint,
+        now: float,
+        packets: list[bytes],
+        actions: list[Action],
+    ) -> None:
+        """Handle the datagrams of one receive from ``source`` (a UDP GRO read): ``buffer``
+        cut every ``segment_size`` bytes (the last piece may be shorter; 0 means one
+        datagram).  Appends the IP packets for TUN to ``packets`` and other actions to
+        ``actions``; never raises; ``buffer`` is not kept (the caller may reuse it).
+
+        The fast path for data: runs of transport messages to one receiver index share
+        the keypair lookup, the expiry check and the peer's bookkeeping
+        (:meth:`Peer.received_burst`), and the allowed-IPs source check is cached per
+        inner source address.  Every message still gets its own tag check and replay
+        window update, in order, and exactly one counter per drop, as in
+        :meth:`receive_datagram`.
+        """
+        total = len(buffer)
+        if segment_size <= 0 or segment_size > total:
+            segment_size = max(total, 1)
+        stats = self.stats
+        get_entry = self._ctx.indices.get
+        unpack = _unpack_transport
+        nonce = _NONCE.pack
+        lookup = self.allowed_ips.lookup
+        append = packets.append
+        limit = REJECT_AFTER_MESSAGES
+        run_receiver = -1  # receiver index of the open run; -1: no run
+        run_drop = 0  # 0: the run's keypair is usable, else _UNKNOWN_INDEX / _EXPIRED
+        peer: Peer | None = None
+        keypair: Keypair | None = None
+        decrypt: Any = None
+        check: Any = None
+        run_bytes = run_data = 0
+        last_src: Buffer | None = None
+        src_ok = False
+        accepted = 0
+        stats.datagrams_received += -(-total // segment_size)
+        offset = 0
+        while offset < total:
+            start = offset
+            end = start + segment_size
+            if end > total:
+                end = total
+            offset = end
+            size = end - start
+            if size >= TRANSPORT_MIN_SIZE:
+                word, receiver, counter = unpack(buffer, start)
+                if word == _TRANSPORT_WORD:
+                    if receiver != run_receiver:
+                        if run_bytes:
+                            peer.received_burst(  # type: ignore[union-attr]
+                                keypair, source, run_bytes, run_data, now, actions  # type: ignore[arg-type]
+                            )
+                        run_bytes = run_data = 0
+                        run_receiver = receiver
+                        last_src = None
+                        entry = get_entry(receiver)
+                        keypair = entry[1] if entry is not None else None
+                        if entry is None or keypair is None:
+                            run_drop = _UNKNOWN_INDEX
+                        elif now - keypair.created >= REJECT_AFTER_TIME:
+                            run_drop = _EXPIRED
+                        else:
+                            run_drop = 0
+                            peer = entry[0]
+                            decrypt = keypair.receive_aead.decrypt
+                            check = keypair.replay.check_and_update
+                    if run_drop:
+                        if run_drop == _UNKNOWN_INDEX:
+                            stats.unknown_index += 1
+                        else:
+                            stats.expired_keypair += 1
+                        continue
+                    if counter >= limit:
+                        stats.replayed += 1
+                        continue
+                    try:
+                        plaintext = decrypt(nonce(counter), buffer[start + 16 : end], None)
+                    except InvalidTag:
+                        stats.decrypt_failed += 1
+                        continue
+                    if not check(counter):
+                        stats.replayed += 1
+                        continue
+                    run_bytes += size
+                    length = len(plaintext)
+                    if not length:
+                        stats.keepalives_received += 1
+                        continue
+                    run_data += 1
+                    version = plaintext[0] >> 4
+                    if version == 4 and length >= 20:
+                        inner = (plaintext[2] << 8) | plaintext[3]
+                        src = plaintext[12:16]
+                        valid = 20 <= inner <= length
+                    elif version == 6 and length >= 40:
+                        inner = 40 + ((plaintext[4] << 8) | plaintext[5])
+                        src = plaintext[8:24]
+                        valid = inner <= length
+                    else:
+                        valid = False
+                    if not valid:
+                        stats.invalid_inner_packet += 1
+                        continue
+                    if src != last_src:
+                        last_src = src
+                        src_ok = lookup(src) is peer
+                    if not src_ok:
+                        stats.source_not_allowed += 1
+                        continue
+                    accepted += 1
+                    append(plaintext if inner == length else plaintext[:inner])
+                    continue
+            # not a transport message: close the run (a handshake may change the keypairs)
+            if run_bytes:
+                peer.received_burst(  # type: ignore[union-attr]
+                    keypair, source, run_bytes, run_data, now, actions  # type: ignore[arg-type]
+                )
+            run_bytes = run_data = 0
+            run_receiver = -1
+            stats.datagrams_received -= 1  # _receive counts it
+            packet = self._receive(bytes(buffer[start:end]), source, now, actions)
+            if packet is not None:
+                append(packet)
+        if run_bytes:
+            peer.received_burst(  # type: ignore[union-attr]
+                keypair, source, run_bytes, run_data, now, actions  # type: ignore[arg-type]
+            )
+        stats.packets_received += accepted
 
     def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Action]:
         """Handle one UDP payload from ``source``; never raises (drops are counted)."""

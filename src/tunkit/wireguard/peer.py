@@ -24,6 +24,7 @@ Counters follow wireguard-go: ``tx_bytes`` counts every UDP payload sent to the 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
@@ -48,6 +49,7 @@ from .messages import CookieReply, Response
 from .session import Keypair, Keypairs
 from .timers import PeerTimers, Timer
 
+Buffer = bytes | bytearray | memoryview
 Endpoint = tuple[Any, ...]
 """An opaque UDP address as the I/O shell gives it, normally ``(host, port)``."""
 
@@ -56,16 +58,49 @@ Endpoint = tuple[Any, ...]
 class SendDatagram:
     """Send ``data`` as one UDP datagram to ``endpoint``."""
 
-    data: bytes
+    data: Buffer
     endpoint: Endpoint
 
 
 @dataclass(frozen=True, slots=True)
 class SendDatagrams:
-    """Send each of ``datagrams`` (in order) to ``endpoint``; a batch for sendmmsg/GSO."""
+    """Send each of ``datagrams`` (in order) to ``endpoint``; a batch for sendmmsg/GSO.
 
-    datagrams: list[bytes]
+    ``packed``, when set, holds the same datagrams back to back in one buffer (the
+    datagrams are then views of it), so a shell can hand a run of them to one
+    ``sendmsg`` with a ``UDP_SEGMENT`` cmsg as a single buffer.  ``segment_size``, when
+    not 0, says that every datagram in ``packed`` has that size except the last, which
+    may be shorter: the shell may then send ``packed`` without looking at ``datagrams``.
+    """
+
+    datagrams: Sequence[Buffer]
     endpoint: Endpoint
+    packed: memoryview | None = None
+    segment_size: int = 0
+
+
+class PackedDatagrams(Sequence[memoryview]):
+    """Datagrams of ``segment_size`` bytes (the last may be shorter) back to back in
+    ``packed``, as a read-only sequence of views made on demand."""
+
+    __slots__ = ("_packed", "_size")
+
+    def __init__(self, packed: memoryview, segment_size: int) -> None:
+        self._packed = packed
+        self._size = segment_size
+
+    def __len__(self) -> int:
+        return -(-len(self._packed) // self._size)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError(index)
+        return self._packed[index * self._size : (index + 1) * self._size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +164,17 @@ class PeerSnapshot:
     rx_bytes: int
     tx_bytes: int
     allowed_ips: tuple[IPv4Network | IPv6Network, ...]
+
+
+def segments_of(packet: Buffer, headers: Buffer, hdr_len: int, mss: int) -> list[bytes]:
+    """The segments a super-packet stands for, as separate packets (the slow path)."""
+    view = memoryview(packet)
+    count = len(headers) // hdr_len
+    return [
+        bytes(headers[i * hdr_len : (i + 1) * hdr_len])
+        + bytes(view[hdr_len + i * mss : hdr_len + (i + 1) * mss])
+        for i in range(count)
+    ]
 
 
 class IndexTable:
@@ -242,7 +288,7 @@ class Peer:
         kp = self.sending_keypair(now)
         endpoint = self.endpoint
         if kp is None or endpoint is None or self.staged:
-            self.staged.append(packet)
+            self.staged.append(bytes(packet))
             return self.send_staged(now)
         data = kp.seal(packet, self._ctx.mtu)
         self.tx_bytes += len(data)
@@ -250,17 +296,47 @@ class Peer:
         self._after_send(now, bool(packet), actions)
         return actions
 
-    def encapsulate_batch(self, packets: list[bytes], now: float) -> list[Action]:
-        """Like :meth:`encapsulate` for many packets; data goes out as one SendDatagrams."""
+    def encapsulate_batch(self, packets: Sequence[Buffer], now: float) -> list[Action]:
+        """Like :meth:`encapsulate` for many packets; data goes out as one SendDatagrams
+        whose datagrams share one ``packed`` buffer.  ``packets`` may be views of a buffer
+        the caller reuses: queued packets are copied."""
         kp = self.sending_keypair(now)
         endpoint = self.endpoint
         if kp is None or endpoint is None or self.staged:
-            self.staged.extend(packets)  # bounded: the oldest are dropped, as in wireguard-go
+            # bounded: the oldest are dropped, as in wireguard-go
+            self.staged.extend(bytes(p) for p in packets)
             return self.send_staged(now)
-        datagrams = kp.seal_many(packets, self._ctx.mtu)
-        self.tx_bytes += sum(map(len, datagrams))
-        actions: list[Action] = [SendDatagrams(datagrams, endpoint)]
+        buffer, sizes = kp.seal_packed(packets, self._ctx.mtu)
+        packed = memoryview(buffer)
+        datagrams = []
+        offset = 0
+        for size in sizes:
+            datagrams.append(packed[offset : offset + size])
+            offset += size
+        self.tx_bytes += offset
+        actions: list[Action] = [SendDatagrams(datagrams, endpoint, packed)]
         self._after_send(now, any(packets), actions)
+        return actions
+
+    def encapsulate_segments(
+        self, packet: memoryview, headers: Buffer, hdr_len: int, mss: int, now: float
+    ) -> list[Action]:
+        """:meth:`encapsulate_batch` for the segments of a super-packet (see
+        :meth:`Keypair.seal_segments`), sealed in place; ``packet`` is overwritten."""
+        kp = self.sending_keypair(now)
+        endpoint = self.endpoint
+        if kp is None or endpoint is None or self.staged:
+            return self.encapsulate_batch(
+                segments_of(packet, headers, hdr_len, mss), now
+            )
+        buffer, sizes = kp.seal_segments(packet, headers, hdr_len, mss, self._ctx.mtu)
+        packed = memoryview(buffer)
+        size = sizes[0]
+        self.tx_bytes += len(buffer)
+        actions: list[Action] = [
+            SendDatagrams(PackedDatagrams(packed, size), endpoint, packed, size)
+        ]
+        self._after_send(now, True, actions)
         return actions
 
     def send_keepalive(self, now: float) -> list[Action]:
@@ -413,6 +489,25 @@ class Peer:
         Raises DecryptionError / ReplayError; nothing changes then.
         """
         plaintext = keypair.open(counter, message)
+        self.received_burst(keypair, source, len(message), 1 if plaintext else 0, now, actions)
+        return plaintext
+
+    def received_burst(
+        self,
+        keypair: Keypair,
+        source: Endpoint,
+        size: int,
+        data_packets: int,
+        now: float,
+        actions: list[Action],
+    ) -> None:
+        """Bookkeeping after authenticated transport messages on ``keypair`` from ``source``
+        (``size`` bytes in all, ``data_packets`` of them not keepalives), all at ``now``.
+
+        One call for a burst has the same effect as one call per message: roaming, the
+        ``next`` -> ``current`` rotation, the receive-side rekey, timers and ``rx_bytes``
+        depend only on ``now``, the keypair and the source.
+        """
         if source != self.endpoint:
             self._roam(source, actions)
         if keypair is self.keypairs.next:
@@ -437,10 +532,11 @@ class Peer:
         if self.persistent_keepalive > 0:
             timers.on_any_authenticated_packet_traversal(now, self.persistent_keepalive)
         timers.on_any_authenticated_packet_received()
-        self.rx_bytes += len(message)
-        if plaintext:
+        self.rx_bytes += size
+        if data_packets:
             timers.on_data_received(now)
-        return plaintext
+            if data_packets > 1:  # what the second and later per-packet calls would do
+                timers.on_data_received(now)
 
     # -- timers ------------------------------------------------------------------------------
 

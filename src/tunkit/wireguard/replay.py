@@ -40,9 +40,10 @@ class ReplayWindow:
         last = self._last
         if counter > last:
             current = last >> _BLOCK_BITS_LOG
-            diff = min(index_block - current, _RING_BLOCKS)
-            for i in range(current + 1, current + diff + 1):
-                ring[i & _BLOCK_MASK] = 0
+            if index_block != current:  # entering new blocks: clear them
+                diff = min(index_block - current, _RING_BLOCKS)
+                for i in range(current + 1, current + diff + 1):
+                    ring[i & _BLOCK_MASK] = 0
             self._last = counter
         elif last - counter > WINDOW_SIZE:
             return False

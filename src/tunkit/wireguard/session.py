@@ -18,6 +18,7 @@ allocations other than the output bytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -37,6 +38,8 @@ from .replay import ReplayWindow
 _HEADER = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<4xQ")
 _ZEROS = bytes(16)
+_OVERHEAD = TRANSPORT_HEADER_SIZE + 16  # header + Poly1305 tag
+Buffer = bytes | bytearray | memoryview
 
 
 class ReplayError(RemoteProtocolError):
@@ -86,6 +89,12 @@ class Keypair:
             f"initiator={self.is_initiator}, sent={self.send_counter})"
         )
 
+    @property
+    def receive_aead(self) -> ChaCha20Poly1305:
+        """The receive-direction AEAD, for batch decryption (:meth:`Device.receive_segments`);
+        a caller must check the replay window after each successful decryption."""
+        return self._receiver
+
     def can_send(self, now: float) -> bool:
         return self.send_counter < REJECT_AFTER_MESSAGES and now - self.created < REJECT_AFTER_TIME
 
@@ -105,27 +114,120 @@ class Keypair:
             _NONCE.pack(counter), plaintext, None
         )
 
-    def seal_many(self, plaintexts: list[bytes], mtu: int | None = None) -> list[bytes]:
-        """:meth:`seal` for a batch, with the loop invariants hoisted."""
+    def seal_many(self, plaintexts: Sequence[Buffer], mtu: int | None = None) -> list[memoryview]:
+        """:meth:`seal` for a batch: the messages, back to back in one buffer (see
+        :meth:`seal_packed`), as views."""
+        buffer, sizes = self.seal_packed(plaintexts, mtu)
+        view = memoryview(buffer)
+        out = []
+        offset = 0
+        for size in sizes:
+            out.append(view[offset : offset + size])
+            offset += size
+        return out
+
+    def seal_packed(
+        self, plaintexts: Sequence[Buffer], mtu: int | None = None
+    ) -> tuple[bytearray, list[int]]:
+        """Seal a batch into one buffer: ``(buffer, sizes)``, message ``i`` being the
+        ``sizes[i]`` bytes after messages ``0..i-1``.  Each message is encrypted in place
+        (``encrypt_into``), so a batch costs one allocation; counters are consecutive."""
         counter = self.send_counter
-        if counter + len(plaintexts) > REJECT_AFTER_MESSAGES:
+        count = len(plaintexts)
+        if counter + count > REJECT_AFTER_MESSAGES:
             raise LocalProtocolError("keypair exhausted: REJECT_AFTER_MESSAGES reached")
-        encrypt = self._sender.encrypt
-        header = _HEADER.pack
+        capped = mtu is not None and mtu > 0
+        sizes = []
+        pads = []
+        total = 0
+        for plaintext in plaintexts:
+            size = len(plaintext)
+            pad = -size & 15
+            if capped and size + pad > mtu:  # type: ignore[operator]
+                pad = padding_length(size, mtu)
+            pads.append(pad)
+            size += pad + _OVERHEAD
+            sizes.append(size)
+            total += size
+        buffer = bytearray(total)
+        view = memoryview(buffer)
+        encrypt_into = self._sender.encrypt_into
+        header = _HEADER.pack_into
         nonce = _NONCE.pack
         remote = self.remote_index
-        out = []
-        for plaintext in plaintexts:
-            pad = padding_length(len(plaintext), mtu)
+        offset = 0
+        for plaintext, pad, size in zip(plaintexts, pads, sizes, strict=True):
             if pad:
-                plaintext = plaintext + _ZEROS[:pad]
-            out.append(
-                header(MESSAGE_TRANSPORT, remote, counter)
-                + encrypt(nonce(counter), plaintext, None)
-            )
+                plaintext = bytes(plaintext) + _ZEROS[:pad]
+            header(buffer, offset, MESSAGE_TRANSPORT, remote, counter)
+            end = offset + size
+            encrypt_into(nonce(counter), plaintext, None, view[offset + TRANSPORT_HEADER_SIZE : end])
+            offset = end
             counter += 1
         self.send_counter = counter
-        return out
+        return buffer, sizes
+
+    def seal_segments(
+        self, packet: memoryview, headers: Buffer, hdr_len: int, mss: int, mtu: int | None = None
+    ) -> tuple[bytearray, list[int]]:
+        """:meth:`seal_packed` for the segments of a super-packet, built in place.
+
+        Segment ``i`` is ``headers[i*hdr_len : (i+1)*hdr_len]`` followed by
+        ``packet[hdr_len + i*mss : hdr_len + (i+1)*mss]`` (the last one ends at
+        ``len(packet)``); see :class:`tunkit.packet.vnet.SegmentHeaders`.  Each header is
+        written over the bytes before its payload (which belong to segments already
+        sealed), so ``packet`` (writable) is overwritten and no segment is copied.
+        """
+        end = len(packet)
+        count = len(headers) // hdr_len
+        if count < 1 or mss < 1 or count * hdr_len != len(headers):
+            raise LocalProtocolError("segment headers do not match hdr_len")
+        if hdr_len + (count - 1) * mss > end:
+            raise LocalProtocolError("super-packet shorter than its segments")
+        counter = self.send_counter
+        if counter + count > REJECT_AFTER_MESSAGES:
+            raise LocalProtocolError("keypair exhausted: REJECT_AFTER_MESSAGES reached")
+        capped = mtu is not None and mtu > 0
+        full = hdr_len + mss
+        last = end - (count - 1) * mss
+        pad_full = -full & 15
+        if capped and full + pad_full > mtu:  # type: ignore[operator]
+            pad_full = padding_length(full, mtu)
+        pad_last = -last & 15
+        if capped and last + pad_last > mtu:  # type: ignore[operator]
+            pad_last = padding_length(last, mtu)
+        size_full = full + pad_full + _OVERHEAD
+        size_last = last + pad_last + _OVERHEAD
+        sizes = [size_full] * (count - 1)
+        sizes.append(size_last)
+        buffer = bytearray(size_full * (count - 1) + size_last)
+        view = memoryview(buffer)
+        head = memoryview(headers)
+        encrypt_into = self._sender.encrypt_into
+        header = _HEADER.pack_into
+        nonce = _NONCE.pack
+        remote = self.remote_index
+        offset = 0
+        start = 0
+        for i in range(count - 1):
+            packet[start : start + hdr_len] = head[i * hdr_len : (i + 1) * hdr_len]
+            header(buffer, offset, MESSAGE_TRANSPORT, remote, counter)
+            plaintext: Buffer = packet[start : start + full]
+            if pad_full:
+                plaintext = bytes(plaintext) + _ZEROS[:pad_full]
+            encrypt_into(nonce(counter), plaintext, None,
+                         view[offset + TRANSPORT_HEADER_SIZE : offset + size_full])
+            offset += size_full
+            start += mss
+            counter += 1
+        packet[start : start + hdr_len] = head[(count - 1) * hdr_len :]
+        header(buffer, offset, MESSAGE_TRANSPORT, remote, counter)
+        plaintext = packet[start:end]
+        if pad_last:
+            plaintext = bytes(plaintext) + _ZEROS[:pad_last]
+        encrypt_into(nonce(counter), plaintext, None, view[offset + TRANSPORT_HEADER_SIZE :])
+        self.send_counter = counter + 1
+        return buffer, sizes
 
     def open(self, counter: int, message: bytes) -> bytes:
         """Decrypt a whole transport message whose header says ``counter``; see module doc."""
