@@ -199,3 +199,66 @@ def test_client_backoff_is_exponential_and_capped(caplog: pytest.LogCaptureFixtu
     dev.kernel.close()
     delays = [float(m) for m in re.findall(r"retrying in ([\d.]+)s", caplog.text)]
     assert delays[:5] == [0.05, 0.1, 0.2, 0.2, 0.2]
+
+
+def test_compat_backpressure_never_blocks_the_other_direction() -> None:
+    """A peer that stops reading fills our socket: the device is then left unread, yet frames
+    from the peer still reach the device, and afterwards every queued packet arrives intact."""
+    dev = fake_device("s0")
+    srv = P2PService(P2PConfig(server=True, port=0, bind="127.0.0.1", mode=Mode.COMPAT,
+                               stats_interval=0), dev)
+    run = Running(srv)
+    peer = socket.socket()
+    try:
+        assert srv.ready.wait(5)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        peer.connect(("127.0.0.1", srv.bound_port or 0))
+        peer.settimeout(20)
+        dev.kernel.settimeout(0.02)
+        sent: list[bytes] = []
+        misses = 0
+        while misses < 25 and len(sent) < 20000:
+            pkt = _packet(len(sent), 1400)
+            try:
+                dev.kernel.send(VNET0 + pkt)
+            except TimeoutError:
+                misses += 1
+                continue
+            misses = 0
+            sent.append(pkt)
+        assert misses == 25, "the service never stopped reading the device"
+        dev.kernel.settimeout(20)
+        inbound = _packet(99, 300)
+        peer.sendall(struct.pack("!H", len(inbound)) + inbound)
+        assert dev.kernel.recv(2000) == VNET0 + inbound
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            (length,) = struct.unpack("!H", peer.recv(2, socket.MSG_WAITALL))
+            got.append(peer.recv(length, socket.MSG_WAITALL))
+        assert got == sent
+        assert srv.counters.tx_packets == len(sent) and srv.counters.rx_packets == 1
+    finally:
+        peer.close()
+        run.close()
+        os.close(dev.fd)
+        dev.kernel.close()
+
+
+def test_frames_that_arrive_with_the_negotiation_are_not_held_back() -> None:
+    """Several simpletun frames in the peer's very first write all reach the device at once,
+    without waiting for more bytes from the peer."""
+    dev = fake_device("s0")
+    srv = P2PService(P2PConfig(server=True, port=0, bind="127.0.0.1", mode=Mode.AUTO,
+                               stats_interval=0), dev)
+    run = Running(srv)
+    try:
+        assert srv.ready.wait(5)
+        peer = socket.create_connection(("127.0.0.1", srv.bound_port or 0), timeout=5)
+        pkts = [_packet(i, 60 + 40 * i) for i in range(4)]
+        peer.sendall(b"".join(struct.pack("!H", len(p)) + p for p in pkts))
+        assert [dev.kernel.recv(2000) for _ in pkts] == [VNET0 + p for p in pkts]
+        peer.close()
+    finally:
+        run.close()
+        os.close(dev.fd)
+        dev.kernel.close()

@@ -9,10 +9,19 @@ Contract:
   offloads off (so every read is one ordinary packet and the header is all zeros); fast mode
   switches TSO/USO on and carries super-packets of up to 64 KiB untouched.  See
   :mod:`tunkit.p2p.negotiation` for how the two ends agree.
-* One thread per direction while a peer is connected (the GIL is released in the syscalls).
-  Device → peer reads until the device queue is empty and sends the batch with one
-  ``sendmsg`` (each simpletun frame is therefore always inside one write, TCP_NODELAY on).
-  Peer → device receives into a 4 MiB buffer and writes every complete frame.
+* The device's ``fileno()`` is used directly with ``os.readv``/``os.writev``/``os.write``
+  (one packet per call, non-blocking), which is what a TUN fd does.
+* Compat framing over plain TCP runs both directions in one thread (:meth:`_compat_loop`):
+  a packet from the peer is written to the device and whatever the kernel queued in answer
+  (a ping reply) is read and sent in the same pass, so a round trip costs no thread
+  hand-off; ``poll`` rather than an EAGAIN exception says whether more is queued (the
+  exception, with its strerror lookup, cost more than the packet).  Every queued packet
+  goes out in one ``sendmsg`` (each simpletun frame inside one write, TCP_NODELAY on);
+  sending never blocks, so two ends can never wait on each other.
+* Fast framing (plain TCP or TLS) uses one thread per direction (the GIL is released in the
+  syscalls, and the two copies per direction then run on both cores): device → peer reads
+  every queued super-packet and sends the batch with one ``sendmsg``; peer → device
+  receives into a 4 MiB buffer and writes every complete frame.
 * A bad frame length, a failed negotiation, a refused certificate or a closed socket ends that
   connection with one log line; the server then accepts the next client and the client
   reconnects with capped exponential backoff.  Nothing raised by a peer stops the service.
@@ -22,12 +31,16 @@ Contract:
   (one ``sendmsg`` per TSO super-packet, split by :func:`tunkit.packet.vnet.gso_split_into`)
   and UDP GRO on receive can be used.
 
-Where the time goes (py-spy, iperf3 through the tunnel, 2 cores): in fast mode < 5 % of the
-samples are Python; the rest is the TUN read/write and TCP send/recv syscalls, i.e. kernel
-copies and the inner TCP stack.  In compat and UDP mode the receiver's one TUN write per
-1500-byte packet dominates (the kernel runs its stack once per packet); rebuilding
-super-packets in Python (``gro_coalesce``) cost more than it saved.  TLS adds the AES-GCM
-work in ``SSLObject.read``/``write`` (GIL released) plus one memory-BIO copy per direction.
+Where the time goes (perf and py-spy, iperf3 through the tunnel, 2 cores): in fast mode
+about 35 % of the tunnel's CPU is the four kernel copies of every byte (TUN read, TCP send,
+TCP receive, TUN write; none can be spliced: TUN has no splice_read/splice_write, and
+zero-copy sends to a local socket are copied anyway), about 10-15 % is the interpreter,
+the rest the outer TCP stack and wake-ups.  Raw veth copies each byte twice, so fast
+mode lands near a third of raw veth when CPU-bound.  In compat and UDP mode the receiver's
+one TUN write per 1500-byte packet dominates (the kernel runs its stack once per packet);
+rebuilding super-packets in Python (``gro_coalesce``) cost more than it saved.  TLS adds the
+AES-GCM work in ``SSLObject.read``/``write`` (GIL released) plus one memory-BIO copy per
+direction.
 """
 
 from __future__ import annotations
@@ -54,7 +67,6 @@ from tunkit.p2p.framing import (
     Framing,
     compat_framing,
     fast_framing,
-    pack_header_into,
     scan_frames,
 )
 from tunkit.p2p.negotiation import (
@@ -77,6 +89,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 RX_BUFFER = 4 * 1024 * 1024
 TX_BUFFER = 1024 * 1024
 TX_MAX_VIEWS = 512
+TLS_SLICE = 256 * 1024
 MAX_READ = 65535 + 256 + VNET_HDR_LEN
 POLL_MS = 200
 UDP_KEEPALIVE = 10.0
@@ -283,11 +296,18 @@ class TlsStream:
             self.sock.settimeout(None)
 
     def send_views(self, views: list[memoryview]) -> None:
-        with self._ssl_lock:
-            for view in views:
-                self._obj.write(view)
-            out = self._take_output_locked()
-        self._send_taken(out)
+        # Encrypt in slices of about TLS_SLICE bytes so the other direction (often the inner
+        # TCP's ACKs) never waits long for the SSL lock.
+        i = 0
+        while i < len(views):
+            size = 0
+            with self._ssl_lock:
+                while i < len(views) and size < TLS_SLICE:
+                    self._obj.write(views[i])
+                    size += len(views[i])
+                    i += 1
+                out = self._take_output_locked()
+            self._send_taken(out)
 
     def recv_into(self, view: memoryview) -> int:
         if self._pending:
@@ -297,10 +317,11 @@ class TlsStream:
             return n
         while True:
             got = 0
+            want = min(len(view), TLS_SLICE)
             with self._ssl_lock:
                 try:
-                    while got < len(view):
-                        k = self._obj.read(len(view) - got, view[got:])
+                    while got < want:
+                        k = self._obj.read(want - got, view[got:])
                         if not k:
                             break
                         got += int(k)
@@ -326,6 +347,20 @@ class TlsStream:
 
 
 Stream = TcpStream | TlsStream
+
+
+def _consume(views: list[memoryview], sent: int) -> None:
+    """Drop ``sent`` bytes from the front of ``views`` (in place)."""
+    i = 0
+    while sent and i < len(views):
+        n = len(views[i])
+        if sent >= n:
+            sent -= n
+            i += 1
+        else:
+            views[i] = views[i][sent:]
+            sent = 0
+    del views[:i]
 
 
 def tls_context(files: TlsFiles, server: bool) -> ssl.SSLContext:
@@ -364,6 +399,30 @@ class _Connection:
     agreed: Agreed
     initial: bytes = b""
     deliver: list[bytes] = field(default_factory=list)
+
+
+class _RxState:
+    """The receive buffer of one connection: ``buf[start:end]`` holds undecoded bytes."""
+
+    def __init__(self, conn: _Connection, framing: Framing) -> None:
+        self.framing = framing
+        self.buf = bytearray(RX_BUFFER)
+        self.mv = memoryview(self.buf)
+        self.end = len(conn.initial)
+        self.buf[: self.end] = conn.initial
+        self.start = 0
+        self.reserve = framing.max_length + framing.header_len
+
+    def free(self) -> memoryview:
+        return self.mv[self.end :]
+
+    def compact(self) -> None:
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif len(self.buf) - self.end < self.reserve:
+            self.buf[: self.end - self.start] = self.buf[self.start : self.end]
+            self.end -= self.start
+            self.start = 0
 
 
 class P2PService:
@@ -588,6 +647,14 @@ class P2PService:
             self._write_packet(memoryview(packet), fast=False)
             self.counters.rx_packets += 1
             self.counters.rx_bytes += len(packet)
+        if isinstance(conn.stream, TcpStream) and not fast:
+            try:
+                self._compat_loop(conn)
+            except OSError as err:
+                if self._stop.is_set() or isinstance(err, (ConnectionResetError, BrokenPipeError)):
+                    raise ConnectionEnded(err.strerror or str(err)) from None
+                raise
+            return
         done = threading.Event()
         errors: list[BaseException] = []
 
@@ -625,39 +692,6 @@ class P2PService:
                 raise exc
             raise exc
 
-    def _read_batch(self, mv: memoryview, fast: bool, headroom: int) -> list[memoryview]:
-        """Read queued packets into ``mv`` as ready-to-send frame views (maybe none)."""
-        views: list[memoryview] = []
-        pos = 0
-        limit = len(mv) - MAX_READ - headroom
-        read_into = self.device.read_into
-        debug = self.config.debug
-        c = self.counters
-        while pos <= limit and len(views) < TX_MAX_VIEWS:
-            try:
-                n = read_into(mv[pos + headroom :])
-            except BlockingIOError:
-                break
-            if n <= VNET_HDR_LEN:
-                continue
-            if fast:
-                pack_header_into(self._fast, mv, pos, n)
-                views.append(mv[pos : pos + 4 + n])
-                pos += 4 + n
-            else:
-                frame = self._compat_frame(mv, pos, n)
-                if frame is None:
-                    c.dropped += 1
-                    continue
-                views.append(frame)
-                pos += headroom + n
-            c.tx_packets += 1
-            c.tx_bytes += n
-            if debug:
-                log.debug("TAP2NET %d: Read %d bytes from the %s interface", c.tx_packets,
-                          n if fast else n - VNET_HDR_LEN, self.kind)
-        return views
-
     def _compat_frame(self, mv: memoryview, pos: int, n: int) -> memoryview | None:
         """``mv[pos:pos+n]`` is vnet_hdr + packet; frame it in place (length over the header)."""
         hdr = mv[pos : pos + VNET_HDR_LEN]
@@ -676,23 +710,180 @@ class P2PService:
         return mv[pos + VNET_HDR_LEN - 2 : pos + n]
 
     def _device_to_peer(self, conn: _Connection, done: threading.Event) -> None:
-        fast = conn.agreed is Agreed.FAST
-        mv = memoryview(bytearray(TX_BUFFER + MAX_READ + 8))
+        """Fast framing (TCP or TLS): read every queued super-packet, send them in one go."""
+        buf = bytearray(TX_BUFFER + MAX_READ + 8)
+        mv = memoryview(buf)
         poller = select.poll()
         poller.register(self.device.fileno(), select.POLLIN)
-        headroom = 4 if fast else 0
+        readv, dfd = os.readv, self.device.fileno()
+        pack_into, max_len = self._fast.header.pack_into, self._fast.max_length
         send = conn.stream.send_views
         debug = self.config.debug
+        c = self.counters
         while not done.is_set():
-            views = self._read_batch(mv, fast, headroom)
+            views: list[memoryview] = []
+            pos = 0
+            while pos <= TX_BUFFER and len(views) < TX_MAX_VIEWS:
+                try:
+                    n = readv(dfd, [mv[pos + 4 :]])
+                except BlockingIOError:
+                    break
+                if not VNET_HDR_LEN < n <= max_len:
+                    c.dropped += 1
+                    continue
+                pack_into(buf, pos, n)
+                views.append(mv[pos : pos + 4 + n])
+                pos += 4 + n
+                c.tx_packets += 1
+                c.tx_bytes += n
+                if debug:
+                    log.debug("TAP2NET %d: Read %d bytes from the %s interface", c.tx_packets,
+                              n - VNET_HDR_LEN, self.kind)
             if not views:
                 poller.poll(POLL_MS)
                 continue
             send(views)
             if debug:
-                first = self.counters.tx_packets - len(views) + 1
+                first = c.tx_packets - len(views) + 1
                 for k, view in enumerate(views):
                     log.debug("TAP2NET %d: Written %d bytes to the network", first + k, len(view))
+
+    def _compat_loop(self, conn: _Connection) -> None:
+        """Both directions of a plain-TCP compat connection in this one thread.
+
+        A packet from the peer is written to the device and, in the same pass, whatever the
+        kernel queued in answer (a ping reply) is read back and sent: no thread hand-off on
+        the round trip.  Sending never blocks: while the socket is full the device is left
+        unread (its queue drops, as a NIC would) and the socket keeps being read, so two ends
+        can never wait on each other.
+        """
+        sock = conn.stream.sock
+        sock.setblocking(False)
+        sfd, dfd = sock.fileno(), self.device.fileno()
+        rx = _RxState(conn, conn.framing)
+        buf, rxmv = rx.buf, rx.mv
+        probe_len = (14 if self.config.tap else 20) + 13
+        txbuf = bytearray(TX_BUFFER + MAX_READ + 8)
+        tx = memoryview(txbuf)
+        tx_limit = TX_BUFFER
+        pending: list[memoryview] = []
+        poller = select.poll()
+        poller.register(dfd, select.POLLIN)
+        poller.register(sfd, select.POLLIN)
+        want_out = False
+        debug = self.config.debug
+        recv_into, sendmsg = sock.recv_into, sock.sendmsg
+        readv, writev = os.readv, os.writev
+        header = conn.framing.header
+        hlen = header.size
+        unpack_from, pack_into = header.unpack_from, header.pack_into
+        max_len = conn.framing.max_length
+        c = self.counters
+        stop = self._stop
+        poll = poller.poll
+        dev_poller = select.poll()
+        dev_poller.register(dfd, select.POLLIN)
+        dev_poll = dev_poller.poll
+        sock_ready = dev_ready = True
+        dev_maybe = False
+        parse = rx.end > 0  # frames that arrived with the negotiation
+        while not stop.is_set():
+            if sock_ready:
+                try:
+                    n = recv_into(rxmv[rx.end :])
+                except BlockingIOError:
+                    n = -1
+                if n == 0:
+                    raise ConnectionEnded("peer closed the connection")
+                if n > 0:
+                    if debug:
+                        log.debug("NET2TAP: Read %d bytes from the network", n)
+                    rx.end += n
+                    parse = True
+            if parse:
+                parse = False
+                end = rx.end
+                pos = rx.start
+                while end - pos >= hlen:
+                    (length,) = unpack_from(buf, pos)
+                    if not 0 < length <= max_len:
+                        scan_frames(conn.framing, buf, pos, end)  # raises the framing error
+                    if end - pos - hlen < length:
+                        break
+                    pos += hlen
+                    packet = rxmv[pos : pos + length]
+                    pos += length
+                    if length == probe_len:
+                        probe = parse_probe(bytes(packet), self.config.tap)
+                        if probe is not None:
+                            if probe.role is Role.ACCEPT and not self.config.server:
+                                raise NegotiationError(
+                                    "peer accepted fast mode after we fell back")
+                            continue
+                    try:
+                        writev(dfd, [ZERO_VNET, packet])
+                    except OSError as exc:
+                        c.dropped += 1
+                        if debug:
+                            log.debug("device refused a %d-byte packet: %s", length,
+                                      exc.strerror)
+                        continue
+                    c.rx_packets += 1
+                    c.rx_bytes += length
+                    if debug:
+                        log.debug("NET2TAP %d: Written %d bytes to the %s interface",
+                                  c.rx_packets, length, self.kind)
+                rx.start, rx.end = pos, end
+                rx.compact()
+                dev_maybe = True  # an answer to what we just wrote may be queued already
+            if (dev_ready or dev_maybe) and not pending:
+                pos = 0
+                while pos <= tx_limit and len(pending) < TX_MAX_VIEWS:
+                    # poll() says whether more is queued: far cheaper than an EAGAIN exception
+                    if not dev_ready and not dev_poll(0):
+                        break
+                    dev_ready = False
+                    try:
+                        n = readv(dfd, [tx[pos:]])
+                    except BlockingIOError:
+                        break
+                    length = n - VNET_HDR_LEN
+                    if txbuf[pos + 1] or txbuf[pos] & VNET_F_NEEDS_CSUM or not 0 < length <= max_len:
+                        frame = self._compat_frame(tx, pos, n) if length > 0 else None
+                        if frame is None:
+                            c.dropped += 1
+                            continue
+                    else:
+                        pack_into(txbuf, pos + VNET_HDR_LEN - 2, length)
+                    pending.append(tx[pos + VNET_HDR_LEN - 2 : pos + n])
+                    pos += n
+                    c.tx_packets += 1
+                    c.tx_bytes += length
+                    if debug:
+                        log.debug("TAP2NET %d: Read %d bytes from the %s interface",
+                                  c.tx_packets, length, self.kind)
+                        log.debug("TAP2NET %d: Written %d bytes to the network",
+                                  c.tx_packets, length + 2)
+            if pending:
+                try:
+                    sent = sendmsg(pending)
+                except BlockingIOError:
+                    sent = 0
+                _consume(pending, sent)
+                if pending and not want_out:
+                    want_out = True
+                    poller.modify(sfd, select.POLLIN | select.POLLOUT)
+                    poller.modify(dfd, 0)
+            if want_out and not pending:
+                want_out = False
+                poller.modify(sfd, select.POLLIN)
+                poller.modify(dfd, select.POLLIN)
+            sock_ready = dev_ready = dev_maybe = False
+            for fd, _ev in poll(POLL_MS):
+                if fd == sfd:
+                    sock_ready = True  # POLLOUT, POLLERR and POLLHUP too: the calls tell
+                else:
+                    dev_ready = True
 
     def _write_packet(self, packet: memoryview, fast: bool) -> None:
         try:
@@ -706,46 +897,45 @@ class P2PService:
                 log.debug("device refused a %d-byte packet: %s", len(packet), exc.strerror)
 
     def _peer_to_device(self, conn: _Connection, done: threading.Event) -> None:
+        """Fast framing (TCP or TLS): receive in bulk, write every complete frame."""
         framing = conn.framing
-        fast = conn.agreed is Agreed.FAST
-        buf = bytearray(RX_BUFFER)
-        mv = memoryview(buf)
-        end = len(conn.initial)
-        buf[:end] = conn.initial
-        start = 0
-        reserve = framing.max_length + framing.header_len
+        rx = _RxState(conn, framing)
+        buf, mv = rx.buf, rx.mv
         recv_into = conn.stream.recv_into
+        write, dfd = os.write, self.device.fileno()
+        unpack_from, hlen, max_len = framing.header.unpack_from, framing.header_len, framing.max_length
         debug = self.config.debug
         c = self.counters
-        probe_len = (14 if self.config.tap else 20) + 13
         while True:
-            frames, start = scan_frames(framing, buf, start, end)
-            for off, length in frames:
-                packet = mv[off : off + length]
-                if not fast and length == probe_len:
-                    probe = parse_probe(bytes(packet), self.config.tap)
-                    if probe is not None:
-                        if probe.role is Role.ACCEPT and not self.config.server:
-                            raise NegotiationError("peer accepted fast mode after we fell back")
-                        continue
-                self._write_packet(packet, fast)
-                c.rx_packets += 1
-                c.rx_bytes += length
-                if debug:
-                    log.debug("NET2TAP %d: Written %d bytes to the %s interface",
-                              c.rx_packets, length - (VNET_HDR_LEN if fast else 0), self.kind)
-            if start == end:
-                start = end = 0
-            elif len(buf) - end < reserve:
-                buf[: end - start] = buf[start:end]
-                end -= start
-                start = 0
+            pos, end = rx.start, rx.end
+            while end - pos >= hlen:
+                (length,) = unpack_from(buf, pos)
+                if not 0 < length <= max_len:
+                    scan_frames(framing, buf, pos, end)  # raises the framing error
+                if end - pos - hlen < length:
+                    break
+                pos += hlen
+                try:
+                    write(dfd, mv[pos : pos + length])
+                except OSError as exc:
+                    c.dropped += 1
+                    if debug:
+                        log.debug("device refused a %d-byte packet: %s", length, exc.strerror)
+                else:
+                    c.rx_packets += 1
+                    c.rx_bytes += length
+                    if debug:
+                        log.debug("NET2TAP %d: Written %d bytes to the %s interface",
+                                  c.rx_packets, length - VNET_HDR_LEN, self.kind)
+                pos += length
+            rx.start = pos
+            rx.compact()
             if done.is_set():
                 return
-            n = recv_into(mv[end:])
+            n = recv_into(rx.free())
             if n == 0:
                 raise ConnectionEnded("peer closed the connection")
-            end += n
+            rx.end += n
             if debug:
                 log.debug("NET2TAP: Read %d bytes from the network", n)
 
