@@ -30,9 +30,9 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from tunkit.errors import ConfigError, DeviceError
+from tunkit.wireguard.peer import PackedDatagrams
 
 Endpoint = tuple[str, int]
 Buffer = bytes | bytearray | memoryview
@@ -95,29 +95,6 @@ def endpoint_of(value: object) -> Endpoint:
     if isinstance(value, str):
         return parse_endpoint(value)
     raise ConfigError(f"not an endpoint: {value!r}")
-
-
-class _Cut(Sequence[memoryview]):
-    """A buffer seen as datagrams of ``size`` bytes (the last may be shorter), lazily."""
-
-    __slots__ = ("_size", "_view")
-
-    def __init__(self, view: memoryview, size: int) -> None:
-        self._view = view
-        self._size = size
-
-    def __len__(self) -> int:
-        return -(-len(self._view) // self._size)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        count = len(self)
-        if index < 0:
-            index += count
-        if not 0 <= index < count:
-            raise IndexError(index)
-        return self._view[index * self._size : (index + 1) * self._size]
 
 
 class UdpTransport:
@@ -287,7 +264,7 @@ class UdpTransport:
             if len(chunk) <= segment_size:
                 self.sendto(chunk, endpoint)
             else:
-                group = _Cut(chunk, segment_size)
+                group = PackedDatagrams(chunk, segment_size)
                 self._send_segmented(group, (chunk,), segment_size, address, endpoint)
 
     def _send_segmented(
