@@ -108,3 +108,16 @@ def test_attach_to_existing_device_and_count(lab: Lab, need_tool: Callable[[str]
     assert "2 packets captured" in err
     with host.netlink() as nl:
         assert nl.link_exists("tkpersist")  # an attached device stays
+
+
+def test_device_deleted_under_sniff_gives_one_line(lab: Lab) -> None:
+    host = lab.add_host("a")
+    host.run(["ip", "tuntap", "add", "dev", "tkgone", "mode", "tun"])
+    proc = host.popen([sys.executable, "-m", "tunkit", "sniff", "-i", "tkgone"],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    host.run(["ip", "link", "del", "tkgone"])
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err
+    assert "tkgone" in err.splitlines()[-1]

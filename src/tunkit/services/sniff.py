@@ -21,7 +21,7 @@ import time
 from contextlib import ExitStack
 from typing import IO, Any
 
-from tunkit.errors import ConfigError
+from tunkit.errors import ConfigError, DeviceError
 from tunkit.packet.describe import describe_packet
 from tunkit.packet.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
 from tunkit.packet.respond import echo_reply_for, tap_reply_for
@@ -104,7 +104,10 @@ def run_sniff(args: argparse.Namespace) -> int:
             view = memoryview(buf)
             link = "ether" if tap else "ip"
             while args.count is None or captured < args.count:
-                n = device.read_into(buf)
+                try:
+                    n = device.read_into(buf)
+                except OSError as exc:  # e.g. the device was deleted under us
+                    raise DeviceError(f"reading from {device.name} failed: {exc.strerror}") from None
                 now = time.time()
                 packet = bytes(view[:n])
                 captured += 1
