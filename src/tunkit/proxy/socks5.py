@@ -190,6 +190,26 @@ def parse_address(buf: bytes | bytearray, offset: int) -> tuple[str, int, int] |
 # -- client -------------------------------------------------------------------------------
 
 
+class _HandshakeBuffers:
+    """The byte plumbing shared by the client and server machines: bytes received wait in
+    ``_buffer`` for ``next_event()``; bytes to send collect in ``_outgoing``."""
+
+    _FINAL_STATES: tuple[enum.Enum, ...] = ()
+    state: enum.Enum
+    _buffer: bytearray
+    _outgoing: bytearray
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state in self._FINAL_STATES:
+            raise LocalProtocolError(f"SOCKS5 handshake is over ({self.state.value})")
+        self._buffer += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+
 class ClientState(enum.Enum):
     IDLE = "idle"
     GREETING_SENT = "greeting-sent"
@@ -199,7 +219,12 @@ class ClientState(enum.Enum):
     FAILED = "failed"
 
 
-class Socks5Client:
+class Socks5Client(_HandshakeBuffers):
+    """Client side: ``initial_bytes()``, then feed replies with ``receive_data()`` and pull
+    ``next_event()`` until Connected/UdpAssociated/Failed; send ``data_to_send()`` between."""
+
+    _FINAL_STATES = (ClientState.ESTABLISHED, ClientState.FAILED)
+
     def __init__(
         self,
         command: Command,
@@ -236,15 +261,6 @@ class Socks5Client:
         methods = [METHOD_NO_AUTH] if self._auth is None else [METHOD_NO_AUTH, METHOD_USERPASS]
         return bytes([VERSION, len(methods), *methods])
 
-    def receive_data(self, data: bytes) -> None:
-        if self.state in (ClientState.ESTABLISHED, ClientState.FAILED):
-            raise LocalProtocolError(f"SOCKS5 handshake is over ({self.state.value})")
-        self._buffer += data
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outgoing)
-        self._outgoing.clear()
-        return out
 
     def next_event(self) -> ClientEvent:
         state = self.state
@@ -320,9 +336,11 @@ class ServerState(enum.Enum):
     FAILED = "failed"
 
 
-class Socks5Server:
+class Socks5Server(_HandshakeBuffers):
     """``users`` maps username -> password; with users, auth is required unless
     ``allow_no_auth`` is set.  Without users, only no-auth is offered."""
+
+    _FINAL_STATES = (ServerState.DONE, ServerState.FAILED)
 
     def __init__(
         self, users: Mapping[str, str] | None = None, *, allow_no_auth: bool | None = None
@@ -335,15 +353,6 @@ class Socks5Server:
         self._outgoing = bytearray()
         self.trailing_data = b""
 
-    def receive_data(self, data: bytes) -> None:
-        if self.state in (ServerState.DONE, ServerState.FAILED):
-            raise LocalProtocolError(f"SOCKS5 handshake is over ({self.state.value})")
-        self._buffer += data
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outgoing)
-        self._outgoing.clear()
-        return out
 
     def next_event(self) -> ServerEvent:
         buf = self._buffer
