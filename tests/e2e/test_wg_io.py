@@ -1,5 +1,6 @@
-"""The WireGuard daemon's I/O edge on real devices: batched UDP (GSO/GRO) across a veth pair,
-dual-stack endpoints, SO_MARK, nft tables owned and removed by us, the UAPI socket rules."""
+"""The WireGuard daemon's I/O edge on real devices: batched UDP (GSO/GRO, and the zero-copy
+send_packed/receive_into paths) across a veth pair, dual-stack endpoints, SO_MARK, nft tables
+owned and removed by us, the UAPI socket rules."""
 
 from __future__ import annotations
 
@@ -202,3 +203,39 @@ def test_genkey_pubkey_match_wg_tools():
                          text=True, capture_output=True)
     assert bad.returncode != 0 and bad.stderr.startswith("tunkit: error:")
     assert len(tunkit("genpsk").strip()) == 44
+
+
+@pytest.mark.parametrize("server", ["192.168.61.2", "fd61::2"])
+def test_send_packed_and_receive_into_round_trip(pair, server):
+    _lab, a, b = pair
+    with b.inside():
+        receiver = UdpTransport(0)
+    with a.inside():
+        sender = UdpTransport(0)
+    try:
+        size = 1452
+        datagrams = [bytes([i % 256]) * (size - 4) + i.to_bytes(4, "big") for i in range(100)]
+        datagrams.append(b"short tail")
+        sender.send_packed(b"".join(datagrams), size, (server, receiver.port))
+        assert sender.tx_datagrams == 101
+        # 65000 // 1452 = 44 datagrams per GSO send: 44 + 44 + 13
+        assert sender.tx_syscalls == 3, sender.tx_syscalls
+        got: list[bytes] = []
+        sources = set()
+        buffer = memoryview(bytearray(65535 + 64))
+        deadline = time.monotonic() + 3.0
+        while len(got) < len(datagrams) and time.monotonic() < deadline:
+            read = receiver.receive_into(buffer)
+            if read is None:
+                time.sleep(0.01)
+                continue
+            nbytes, segment, source = read
+            sources.add(source)
+            step = segment or nbytes
+            got += [bytes(buffer[k : min(k + step, nbytes)]) for k in range(0, nbytes, step)]
+        assert got == datagrams
+        client = "192.168.61.1" if "." in server else "fd61::1"
+        assert sources == {(client, sender.port)}
+    finally:
+        sender.close()
+        receiver.close()
