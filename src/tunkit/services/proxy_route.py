@@ -35,6 +35,7 @@ from typing import Any
 from tunkit.errors import ConfigError, DeviceError, TunkitError
 from tunkit.io.netlink import RT_TABLE_MAIN, Netlink
 from tunkit.io.nft import NftTable
+from tunkit.io.procs import pid_alive
 from tunkit.services.proxy_state import netns_id
 
 log = logging.getLogger("tunkit.proxy.route")
@@ -58,16 +59,6 @@ def cgroup2_root() -> Path | None:
 
 def state_path(tun: str) -> Path:
     return STATE_DIR / f"proxy-{netns_id()}-{tun}.json"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class HostChanges:
@@ -95,7 +86,7 @@ class HostChanges:
             self.path.unlink(missing_ok=True)
             return False
         pid = int(old.get("pid", 0))
-        if pid and pid != os.getpid() and _pid_alive(pid) and _is_proxy(pid):
+        if pid and pid != os.getpid() and pid_alive(pid) and _is_proxy(pid):
             raise ConfigError(f"another tunkit proxy (pid {pid}) already uses TUN {self.tun}")
         log.warning("cleaning up after a tunkit proxy (pid %d) that did not exit cleanly", pid)
         _undo(old)

@@ -46,6 +46,7 @@ from typing import Any
 from tunkit.errors import ConfigError, DeviceError
 from tunkit.io.netlink import Netlink
 from tunkit.io.nft import NftTable
+from tunkit.io.procs import pid_alive
 from tunkit.services.uapi_server import (
     reply_errno,
     socket_path,
@@ -253,24 +254,12 @@ def _rule_matches(rule: Any, args: dict[str, Any]) -> bool:
     return bool(rule.invert) == bool(args.get("invert", False))
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_after_daemon(ifname: str) -> None:
     """Called by the daemon on its way out: undo what ``tunkit up`` recorded for ``ifname``."""
     record = Record.load(ifname)
     if record is None:
         return
-    if record.daemon_pid not in (None, os.getpid()) and _pid_alive(record.daemon_pid):
+    if record.daemon_pid not in (None, os.getpid()) and pid_alive(record.daemon_pid):
         return  # the record belongs to another live daemon
     if record.netns != current_netns():
         return
@@ -284,7 +273,7 @@ def _clean_stale(ifname: str) -> None:
     record = Record.load(ifname)
     if record is None:
         return
-    if _pid_alive(record.daemon_pid):
+    if pid_alive(record.daemon_pid):
         return
     if record.netns != current_netns():
         return  # another namespace's interface of the same name: not ours to touch
@@ -598,10 +587,10 @@ def _tear_down(ifname: str, record: Record) -> list[str]:
 def _wait_gone(pid: int | None, ifname: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(pid) and not os.path.exists(socket_path(ifname)):
+        if not pid_alive(pid) and not os.path.exists(socket_path(ifname)):
             return
         time.sleep(0.05)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         log.warning("tunkit-wg for %s (pid %s) did not exit", ifname, pid)
 
 
@@ -673,8 +662,6 @@ def tunnel(config: str) -> Iterator[str]:
         yield ifname
     finally:
         down(config)
-
-
 
 
 def configure_cli_logging() -> None:

@@ -196,11 +196,7 @@ class WireGuardService:
         try:
             while self._stop_reason is None:
                 now = self.now()
-                with self.lock:
-                    deadline = self.device.next_deadline()
-                timeout = LIVENESS_INTERVAL
-                if deadline is not None:
-                    timeout = max(0.0, min(timeout, deadline - now))
+                timeout = self._select_timeout(now)
                 if selector.select(timeout):
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
@@ -266,6 +262,14 @@ class WireGuardService:
                 self.device.mtu = mtu
 
     # ---------------------------------------------------------------- the loop
+    def _select_timeout(self, now: float) -> float:
+        """How long the loop may sleep: until the core's next timer, at most LIVENESS_INTERVAL."""
+        with self.lock:
+            deadline = self.device.next_deadline()
+        if deadline is None:
+            return LIVENESS_INTERVAL
+        return max(0.0, min(LIVENESS_INTERVAL, deadline - now))
+
     def run(self, *, threads: bool | None = None) -> str:
         """Serve until stopped; returns why it stopped.
 
@@ -288,11 +292,7 @@ class WireGuardService:
         try:
             while self._stop_reason is None:
                 now = self.now()
-                with self.lock:
-                    deadline = self.device.next_deadline()
-                timeout = LIVENESS_INTERVAL
-                if deadline is not None:
-                    timeout = max(0.0, min(timeout, deadline - now))
+                timeout = self._select_timeout(now)
                 events = selector.select(timeout)
                 for key, _mask in events:
                     if key.data in ("tun", "udp"):
