@@ -12,10 +12,10 @@ from test_packet_vnet import TS_OPTS, super_packet
 from test_wg_device import A_ADDR, handshake, ip4, make_pair, peer_of
 from test_wg_offload import TS, _reference, _v4, _v6
 
-from tunkit.packet.vnet import gso_headers, gso_split
+from tunkit.packet.tcpsplit import plan_tcp_split
+from tunkit.packet.vnet import gso_split
 from tunkit.services.wg_offload import coalesce_for_tun
 from tunkit.wireguard.device import Device, SendDatagram, SendDatagrams, WriteToTunnel
-from tunkit.wireguard.peer import segments_of
 from tunkit.wireguard.session import Keypair
 
 NOW = 5.0
@@ -162,39 +162,39 @@ def test_seal_packed_layout() -> None:
 @settings(max_examples=60, deadline=None)
 @given(version=st.sampled_from([4, 6]), size=st.integers(1, 9000), mss=st.integers(1, 3000),
        opts=st.sampled_from([b"", TS_OPTS]), mtu=st.sampled_from([None, 1420, 576]))
-def test_in_place_segments_match_gso_split(version: int, size: int, mss: int, opts: bytes,
-                                           mtu: int | None) -> None:
+def test_seal_split_matches_sealing_gso_split(version: int, size: int, mss: int, opts: bytes,
+                                              mtu: int | None) -> None:
     from tunkit.wireguard.handshake import SessionKeys
 
     payload = bytes((i * 13) & 0xFF for i in range(size))
     hdr, packet = super_packet(version, payload, mss=mss, opts=opts)
     expected = gso_split(hdr, packet)
-    segments = gso_headers(hdr, packet)
-    assert segments is not None and segments.count == len(expected)
-    assert segments_of(packet, segments.headers, segments.hdr_len, segments.mss) == expected
+    split = plan_tcp_split(hdr.gso_type, hdr.gso_size, packet)
+    assert split is not None and split.count == len(expected)
     keys = SessionKeys(b"\1" * 32, b"\2" * 32, 10, 20, True)
     reference = Keypair(keys, 0.0).seal_packed(expected, mtu)
-    buffer = bytearray(packet)
-    sealed = Keypair(keys, 0.0).seal_segments(memoryview(buffer), segments.headers,
-                                              segments.hdr_len, segments.mss, mtu)
-    assert sealed == reference
+    sealer = Keypair(keys, 0.0)
+    assert sealer.seal_split(split, packet, mtu) == reference
+    assert sealer.send_counter == len(expected)
 
 
-def test_send_segments_goes_through_the_device() -> None:
+def test_send_split_goes_through_the_device() -> None:
     a, b, wire = make_pair(6)
     payload = bytes(range(256)) * 20
     hdr, packet = super_packet(4, payload, mss=1000, opts=TS_OPTS)
     # addresses of the lab pair: 10.0.0.1 -> 10.0.0.2
     packet = packet[:12] + bytes([10, 0, 0, 1, 10, 0, 0, 2]) + packet[20:]
-    segments = gso_headers(hdr, packet)
-    assert segments is not None
-    expected = segments_of(packet, segments.headers, segments.hdr_len, segments.mss)
-    for _ in range(2):  # first without a session (queued, copied), then sealed in place
-        buffer = bytearray(packet)
-        actions = a.send_segments(memoryview(buffer), segments.headers, segments.hdr_len,
-                                  segments.mss, 1.0)
+    split = plan_tcp_split(hdr.gso_type, hdr.gso_size, packet)
+    assert split is not None
+    expected = gso_split(hdr, packet)
+    for _ in range(2):  # first without a session (split and queued), then sealed at once
+        actions = a.send_split(split, packet, 1.0)
         wire.transfer(a, actions, 1.0)
     assert wire.received(b) == expected * 2
+    unrouted = packet[:16] + bytes([10, 9, 9, 9]) + packet[20:]
+    split = plan_tcp_split(hdr.gso_type, hdr.gso_size, unrouted)
+    assert split is not None and a.send_split(split, unrouted, 1.0) == []
+    assert a.stats.no_route == 1
 
 
 @settings(max_examples=80, deadline=None)

@@ -308,42 +308,6 @@ def gso_split(hdr: VirtioNetHdr, packet: Buffer) -> list[bytes]:
     return [bytes(view[o : o + n]) for o, n in spans]
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentHeaders:
-    """The wire headers of every segment of a super-packet, without its payloads.
-
-    Segment ``i`` is ``headers[i*hdr_len : (i+1)*hdr_len]`` followed by the payload bytes
-    ``packet[hdr_len + i*mss : min(hdr_len + (i+1)*mss, end)]`` of the super-packet; there
-    are ``count`` segments.  Writing header ``i`` over ``packet[i*mss : i*mss + hdr_len]``
-    makes segment ``i`` contiguous in the super-packet's own buffer, and only clobbers
-    bytes of earlier segments: so segments can be built in place one after another.
-    """
-
-    headers: bytes
-    hdr_len: int
-    mss: int
-    count: int
-    end: int
-
-
-def gso_headers(hdr: VirtioNetHdr, packet: Buffer) -> SegmentHeaders | None:
-    """The segment headers of a TCPV4/TCPV6/UDP_L4 super-packet (what :func:`gso_split`
-    would produce, without copying payloads); None for gso NONE.  Raises
-    MalformedPacketError like :func:`gso_split`."""
-    plan = _plan_split(hdr, packet)
-    if plan is None:
-        return None
-    n, h = plan.count, plan.hdr_len
-    out = bytearray(n * h)
-    grid = np.frombuffer(out, dtype=np.uint8).reshape(n, h)
-    grid[:] = np.frombuffer(plan.template, dtype=np.uint8)
-    if h % 2 or plan.l4 % 2 or n < NUMPY_STAMP_MIN_SEGMENTS:
-        _stamp_headers(plan, out, range(0, n * h, h))
-    else:
-        _stamp_headers_numpy(plan, out, grid, h)
-    return SegmentHeaders(bytes(out), h, plan.mss, n, plan.end)
-
-
 def split_size(hdr: VirtioNetHdr, packet: Buffer) -> int:
     """Bytes ``gso_split_into`` needs for this super-packet."""
     plan = _plan_split(hdr, packet)

@@ -11,10 +11,10 @@ Contract:
 * The hot path works on batches: every wake-up drains up to ``BATCH`` reads from the TUN fd
   (or ``BATCH`` GRO reads from UDP), and flushes the resulting actions with one GSO
   ``sendmsg`` per run of same-size datagrams to one endpoint.  TUN -> UDP: a TSO
-  super-packet is read into a reused buffer, its segment headers are computed at once
-  (:func:`tunkit.packet.vnet.gso_headers`) and the core seals the segments in place
-  (:meth:`Device.send_segments`) into one buffer that goes out as one ``sendmsg`` slice per
-  GSO run.  UDP -> TUN: GRO reads land in one preallocated buffer and each read is one
+  super-packet is read into a reused buffer, planned
+  (:func:`tunkit.packet.tcpsplit.plan_tcp_split`) and the core lays out, checksums and
+  seals every segment at once (:meth:`Device.send_split`) into one buffer that goes out as
+  one ``sendmsg`` slice per GSO run.  UDP -> TUN: GRO reads land in one preallocated buffer and each read is one
   call of :meth:`Device.receive_segments`; the decrypted TCP runs are coalesced.
 * The core is not thread-safe: the UAPI threads and the loop share ``self.lock``.
 * ``now`` passed to the core is ``time.monotonic()``; the core's ``wall_offset`` turns it
@@ -53,12 +53,12 @@ from typing import Any
 from tunkit.errors import DeviceError, MalformedPacketError
 from tunkit.io.tun import TunDevice, open_tun
 from tunkit.io.udp import Endpoint, UdpTransport, endpoint_of
+from tunkit.packet.tcpsplit import plan_tcp_split
 from tunkit.packet.vnet import (
     GSO_NONE,
     NEEDS_CSUM,
     VNET_HDR_LEN,
     decode_vnet_hdr,
-    gso_headers,
     gso_split,
 )
 from tunkit.services.uapi_server import SOCKET_DIRECTORY, UapiServer
@@ -325,7 +325,7 @@ class WireGuardService:
         """Drain up to BATCH reads from TUN into the core.
 
         A TSO super-packet is read into a reusable buffer and handed to the core at once
-        (:meth:`Device.send_segments` seals its segments in place); plain packets are
+        (:meth:`Device.send_split` seals all its segments into one buffer); plain packets are
         collected and sent as one batch (before the next super-packet, to keep order)."""
         assert self.tun is not None
         fd = self.tun.fileno()
@@ -361,27 +361,26 @@ class WireGuardService:
                         packets.append(bytes(view[VNET_HDR_LEN:size]))
                     continue
                 hdr = decode_vnet_hdr(buffer)
-                segments = gso_headers(hdr, view[VNET_HDR_LEN:size])
+                packet = view[VNET_HDR_LEN:size]
+                split = plan_tcp_split(hdr.gso_type, hdr.gso_size, packet)
+                if split is None:  # UDP_L4 or an odd layout: split into packets
+                    packets.extend(gso_split(hdr, packet))
+                    continue
             except (MalformedPacketError, IndexError, ValueError):
                 self.counters["tun_rx_malformed"] += 1
-                continue
-            if segments is None:  # cannot happen: gso_type is not NONE
                 continue
             if packets:
                 self._send_packets(packets)
                 packets = []
-            self.counters["tun_rx_packets"] += segments.count
+            self.counters["tun_rx_packets"] += split.count
             self.counters["tun_rx_super_packets"] += 1
             now = self.now()
             with self.lock:
                 try:
-                    actions = self.device.send_segments(
-                        view[VNET_HDR_LEN : VNET_HDR_LEN + segments.end], segments.headers,
-                        segments.hdr_len, segments.mss, now,
-                    )
+                    actions = self.device.send_split(split, packet, now)
                 except Exception:  # the core must never take the daemon down
                     self.counters["tun_rx_errors"] += 1
-                    log.exception("send_segments failed")
+                    log.exception("send_split failed")
                     continue
             self._execute(actions)
         if packets:

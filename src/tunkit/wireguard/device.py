@@ -22,9 +22,9 @@ deadline may have moved: re-read :meth:`Device.next_deadline`.
 Batch forms for the hot path: :meth:`Device.send_packets` (one :class:`SendDatagrams` per
 peer, the route looked up once per run of one destination) and
 :meth:`Device.receive_datagrams`, which returns ``(tun_packets, actions)`` so no
-per-packet action object is allocated.  Fastest: :meth:`Device.send_segments` seals the
-segments of a TSO super-packet in place (headers from
-:func:`tunkit.packet.vnet.gso_headers`), and :meth:`Device.receive_segments` takes one UDP
+per-packet action object is allocated.  Fastest: :meth:`Device.send_split` seals the
+segments of a TSO super-packet (planned by :func:`tunkit.packet.tcpsplit.plan_tcp_split`)
+into one buffer with one ``map`` of AEAD calls, and :meth:`Device.receive_segments` takes one UDP
 GRO read (a buffer cut every ``gso_size`` bytes) and amortises per run of one receiver
 index what is per-keypair (lookup, expiry, the peer's timers/roaming/rotation
 bookkeeping) while every message keeps its own tag check and replay-window update.
@@ -58,6 +58,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from tunkit.errors import LocalProtocolError, RemoteProtocolError
+from tunkit.packet.tcpsplit import TcpSplit
 
 from .allowedips import AllowedIPs, NetworkLike
 from .constants import (
@@ -260,19 +261,15 @@ class Device:
             actions.extend(peer.encapsulate_batch(packets, now))
         return actions
 
-    def send_segments(
-        self, packet: memoryview, headers: Buffer, hdr_len: int, mss: int, now: float
-    ) -> list[Action]:
-        """Send the segments of a TSO/USO super-packet (``packet`` after its vnet header, as
-        described by :class:`tunkit.packet.vnet.SegmentHeaders`), routed once by the first
-        segment's destination and sealed in place: ``packet`` (writable) is overwritten."""
-        if hdr_len < 20 or len(headers) < hdr_len or mss < 1:
-            self.stats.invalid_outbound += 1
-            return []
-        peer = self._route(bytes(headers[:hdr_len]))
+    def send_split(self, split: TcpSplit, packet: Buffer, now: float) -> list[Action]:
+        """Send the segments of a TCP super-packet (``packet``, the IP packet after its vnet
+        header, as planned by :func:`tunkit.packet.tcpsplit.plan_tcp_split`), routed once by
+        its destination; ``packet`` is only read."""
+        peer = self.allowed_ips.lookup(split.destination)
         if peer is None:
+            self.stats.no_route += 1
             return []
-        return peer.encapsulate_segments(packet, headers, hdr_len, mss, now)
+        return peer.encapsulate_split(split, packet, now)
 
     # -- network -> TUN ----------------------------------------------------------------------
 

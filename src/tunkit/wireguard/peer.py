@@ -30,6 +30,8 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from tunkit.errors import LocalProtocolError
+from tunkit.packet.tcpsplit import TcpSplit
+from tunkit.packet.vnet import GSO_TCPV4, GSO_TCPV6, VirtioNetHdr, gso_split
 
 from .constants import (
     KEEPALIVE_TIMEOUT,
@@ -164,17 +166,6 @@ class PeerSnapshot:
     rx_bytes: int
     tx_bytes: int
     allowed_ips: tuple[IPv4Network | IPv6Network, ...]
-
-
-def segments_of(packet: Buffer, headers: Buffer, hdr_len: int, mss: int) -> list[bytes]:
-    """The segments a super-packet stands for, as separate packets (the slow path)."""
-    view = memoryview(packet)
-    count = len(headers) // hdr_len
-    return [
-        bytes(headers[i * hdr_len : (i + 1) * hdr_len])
-        + bytes(view[hdr_len + i * mss : hdr_len + (i + 1) * mss])
-        for i in range(count)
-    ]
 
 
 class IndexTable:
@@ -318,18 +309,16 @@ class Peer:
         self._after_send(now, any(packets), actions)
         return actions
 
-    def encapsulate_segments(
-        self, packet: memoryview, headers: Buffer, hdr_len: int, mss: int, now: float
-    ) -> list[Action]:
-        """:meth:`encapsulate_batch` for the segments of a super-packet (see
-        :meth:`Keypair.seal_segments`), sealed in place; ``packet`` is overwritten."""
+    def encapsulate_split(self, split: TcpSplit, packet: Buffer, now: float) -> list[Action]:
+        """:meth:`encapsulate_batch` for the segments of a TCP super-packet (see
+        :meth:`Keypair.seal_split`); ``packet`` is only read."""
         kp = self.sending_keypair(now)
         endpoint = self.endpoint
         if kp is None or endpoint is None or self.staged:
-            return self.encapsulate_batch(
-                segments_of(packet, headers, hdr_len, mss), now
-            )
-        buffer, sizes = kp.seal_segments(packet, headers, hdr_len, mss, self._ctx.mtu)
+            segments = gso_split(VirtioNetHdr(0, GSO_TCPV4 if split.version == 4 else GSO_TCPV6,
+                                              split.hdr_len, split.mss), packet)  # fmt: skip
+            return self.encapsulate_batch(segments, now)
+        buffer, sizes = kp.seal_split(split, packet, self._ctx.mtu)
         packed = memoryview(buffer)
         size = sizes[0]
         self.tx_bytes += len(buffer)

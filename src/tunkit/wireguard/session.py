@@ -18,12 +18,17 @@ allocations other than the output bytes.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Sequence
+from functools import lru_cache
+from itertools import repeat
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from tunkit.errors import LocalProtocolError, RemoteProtocolError
+from tunkit.packet.tcpsplit import TcpSplit, tcp_split_into
 
 from .constants import (
     MESSAGE_TRANSPORT,
@@ -39,7 +44,21 @@ _HEADER = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<4xQ")
 _ZEROS = bytes(16)
 _OVERHEAD = TRANSPORT_HEADER_SIZE + 16  # header + Poly1305 tag
+_WIRE_HEADER = np.dtype([("kind", "<u4"), ("receiver", "<u4"), ("counter", "<u8")])
 Buffer = bytes | bytearray | memoryview
+
+
+@lru_cache(maxsize=64)
+def _segment_slices(
+    count: int, stride: int, plain: int, sealed: int
+) -> tuple[list[slice], list[slice]]:
+    """(plaintext slices every ``stride`` bytes, ciphertext slices of ``sealed``-byte
+    messages) for ``count`` messages: what :meth:`Keypair.seal_split` maps over."""
+    h = TRANSPORT_HEADER_SIZE
+    return (
+        [slice(o, o + plain) for o in range(0, count * stride, stride)],
+        [slice(o + h, o + sealed) for o in range(0, count * sealed, sealed)],
+    )
 
 
 class ReplayError(RemoteProtocolError):
@@ -64,6 +83,7 @@ class Keypair:
 
     __slots__ = (
         "_receiver",
+        "_scratch",
         "_sender",
         "created",
         "is_initiator",
@@ -82,6 +102,7 @@ class Keypair:
         self.created = now
         self.send_counter = 0
         self.replay = ReplayWindow()
+        self._scratch = bytearray()  # plaintext layout for seal_split, reused
 
     def __repr__(self) -> str:
         return (
@@ -167,66 +188,51 @@ class Keypair:
         self.send_counter = counter
         return buffer, sizes
 
-    def seal_segments(
-        self, packet: memoryview, headers: Buffer, hdr_len: int, mss: int, mtu: int | None = None
+    def seal_split(
+        self, split: TcpSplit, packet: Buffer, mtu: int | None = None
     ) -> tuple[bytearray, list[int]]:
-        """:meth:`seal_packed` for the segments of a super-packet, built in place.
+        """:meth:`seal_packed` for the segments of a TCP super-packet (``packet``, as planned
+        by :func:`tunkit.packet.tcpsplit.plan_tcp_split`), without a per-segment Python loop.
 
-        Segment ``i`` is ``headers[i*hdr_len : (i+1)*hdr_len]`` followed by
-        ``packet[hdr_len + i*mss : hdr_len + (i+1)*mss]`` (the last one ends at
-        ``len(packet)``); see :class:`tunkit.packet.vnet.SegmentHeaders`.  Each header is
-        written over the bytes before its payload (which belong to segments already
-        sealed), so ``packet`` (writable) is overwritten and no segment is copied.
+        The segments are laid out, zero-padded and checksummed in this keypair's scratch
+        buffer at one stride (:func:`~tunkit.packet.tcpsplit.tcp_split_into`), the
+        transport headers written with three numpy assignments, and the AEAD calls driven
+        by ``map``: per segment, what is left is the AEAD call itself.
         """
-        end = len(packet)
-        count = len(headers) // hdr_len
-        if count < 1 or mss < 1 or count * hdr_len != len(headers):
-            raise LocalProtocolError("segment headers do not match hdr_len")
-        if hdr_len + (count - 1) * mss > end:
-            raise LocalProtocolError("super-packet shorter than its segments")
+        count = split.count
         counter = self.send_counter
         if counter + count > REJECT_AFTER_MESSAGES:
             raise LocalProtocolError("keypair exhausted: REJECT_AFTER_MESSAGES reached")
-        capped = mtu is not None and mtu > 0
-        full = hdr_len + mss
-        last = end - (count - 1) * mss
-        pad_full = -full & 15
-        if capped and full + pad_full > mtu:  # type: ignore[operator]
-            pad_full = padding_length(full, mtu)
-        pad_last = -last & 15
-        if capped and last + pad_last > mtu:  # type: ignore[operator]
-            pad_last = padding_length(last, mtu)
-        size_full = full + pad_full + _OVERHEAD
-        size_last = last + pad_last + _OVERHEAD
-        sizes = [size_full] * (count - 1)
-        sizes.append(size_last)
-        buffer = bytearray(size_full * (count - 1) + size_last)
-        view = memoryview(buffer)
-        head = memoryview(headers)
+        full, last = split.full_size, split.last_size
+        plain_full = full + padding_length(full, mtu)
+        plain_last = last + padding_length(last, mtu)
+        size_full = plain_full + _OVERHEAD
+        size_last = plain_last + _OVERHEAD
+        stride = max(split.min_stride(), (plain_full + 3) & ~3)
+        if len(self._scratch) < count * stride:
+            self._scratch = bytearray(count * stride + 4096)
+        scratch = self._scratch
+        tcp_split_into(split, packet, scratch, stride)
+        n = count - 1  # full-size segments; the last one is sealed apart
+        base = n * size_full
+        total = base + size_last
+        buffer = bytearray(total)
+        wire = np.ndarray((count,), dtype=_WIRE_HEADER, buffer=buffer, strides=(size_full,))
+        wire["kind"] = MESSAGE_TRANSPORT
+        wire["receiver"] = self.remote_index
+        wire["counter"] = np.arange(counter, counter + count, dtype=np.uint64)
         encrypt_into = self._sender.encrypt_into
-        header = _HEADER.pack_into
-        nonce = _NONCE.pack
-        remote = self.remote_index
-        offset = 0
-        start = 0
-        for i in range(count - 1):
-            packet[start : start + hdr_len] = head[i * hdr_len : (i + 1) * hdr_len]
-            header(buffer, offset, MESSAGE_TRANSPORT, remote, counter)
-            plaintext: Buffer = packet[start : start + full]
-            if pad_full:
-                plaintext = bytes(plaintext) + _ZEROS[:pad_full]
-            encrypt_into(nonce(counter), plaintext, None,
-                         view[offset + TRANSPORT_HEADER_SIZE : offset + size_full])
-            offset += size_full
-            start += mss
-            counter += 1
-        packet[start : start + hdr_len] = head[(count - 1) * hdr_len :]
-        header(buffer, offset, MESSAGE_TRANSPORT, remote, counter)
-        plaintext = packet[start:end]
-        if pad_last:
-            plaintext = bytes(plaintext) + _ZEROS[:pad_last]
-        encrypt_into(nonce(counter), plaintext, None, view[offset + TRANSPORT_HEADER_SIZE :])
-        self.send_counter = counter + 1
+        plain, sealed = memoryview(scratch), memoryview(buffer)
+        if n:
+            ins, outs = _segment_slices(n, stride, plain_full, size_full)
+            deque(map(encrypt_into, map(_NONCE.pack, range(counter, counter + n)),
+                      map(plain.__getitem__, ins), repeat(None), map(sealed.__getitem__, outs)),
+                  0)  # fmt: skip
+        encrypt_into(_NONCE.pack(counter + n), plain[n * stride : n * stride + plain_last], None,
+                     sealed[base + TRANSPORT_HEADER_SIZE : total])  # fmt: skip
+        self.send_counter = counter + count
+        sizes = [size_full] * n
+        sizes.append(size_last)
         return buffer, sizes
 
     def open(self, counter: int, message: bytes) -> bytes:
