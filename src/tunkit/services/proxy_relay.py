@@ -98,11 +98,10 @@ class TcpRelayServer:
                                                     select.EPOLLIN, _Listener(self, sock)))
 
     def close(self) -> None:
+        self.splice.close()  # first: a listener shut down under the reactor fails accept()
         for sock in self.listeners:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        self.splice.close()
-        for sock in self.listeners:
             sock.close()
 
     # -- per connection (reactor thread) ---------------------------------------------------
