@@ -4,7 +4,10 @@ Side by side: raw veth, wireguard-go <-> wireguard-go, tunkit <-> wireguard-go a
 tunkit <-> tunkit. For each: iperf3 TCP single stream and -P 4 (Gbit/s received) and the
 average ping RTT through the tunnel. Prints each figure with its ratio to wireguard-go and
 writes ``bench/results/wg.json``. Needs root, wireguard-go, wg, iperf3 and ping.
-Usage: ``python bench/wg.py [--seconds N] [--repeat N] [--only raw,wgo,mixed,tunkit]
+Every setup stays up and is measured once per round, in turn, so each round's figures
+are seconds apart; the table shows medians, and the headline ratio is the median of the
+rounds' ratios (this machine's figures swing by 30% or more from run to run).
+Usage: ``python bench/wg.py [--seconds N] [--rounds N] [--only raw,wgo,mixed,tunkit]
 [--no-parallel]``.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +30,7 @@ from common import (
     write_results,
 )
 
-from tunkit.lab import Lab
+from tunkit.lab import Host, Lab
 from tunkit.services.wg_demo import build_wg_pair
 
 WIREGUARD_GO_GBPS = 0.44  # PROTOCOLS.md §3: Debian wireguard-go, one stream, this machine
@@ -38,26 +42,31 @@ SETUPS = {
 }
 
 
-def measure(lab: Lab, key: str, seconds: float, parallel: bool,
-            repeat: int = 1) -> dict[str, float]:
+Endpoints = tuple[Host, Host, str]  # iperf3 client host, server host, server address
+
+
+def build(lab: Lab, key: str) -> Endpoints:
+    """Bring one setup up; it stays up (idle between its turns) until the lab goes."""
     if key == "raw":
         a, b = lab.add_host("rawa"), lab.add_host("rawb")
         lab.link(a, b, "192.168.99.1/24", "192.168.99.2/24")
-        client, server, addr = a, b, "192.168.99.2"
-    else:
-        _title, impl_a, impl_b = SETUPS[key]
-        pair = build_wg_pair(lab, impl_a, impl_b, tag=key[:2])
-        client, server, addr = pair.a.host, pair.b.host, pair.b.tunnel_v4
-        wait_ping(client, addr)
-    def best(**kw: Any) -> float:  # other load only slows a run: keep the best of `repeat`
-        return max(iperf3_gbps(client, server, addr, seconds=seconds, **kw)
-                   for _ in range(max(1, repeat)))
+        return a, b, "192.168.99.2"
+    _title, impl_a, impl_b = SETUPS[key]
+    pair = build_wg_pair(lab, impl_a, impl_b, tag=key[:2])
+    wait_ping(pair.a.host, pair.b.tunnel_v4)
+    return pair.a.host, pair.b.host, pair.b.tunnel_v4
 
-    values = {"single_gbps": best(), "single_reverse_gbps": best(reverse=True)}
+
+def one_round(ends: Endpoints, seconds: float, parallel: bool) -> dict[str, float]:
+    client, server, addr = ends
+    values = {
+        "single_gbps": iperf3_gbps(client, server, addr, seconds=seconds),
+        "single_reverse_gbps": iperf3_gbps(client, server, addr, seconds=seconds,
+                                           reverse=True),
+    }
     if parallel:
-        values["p4_gbps"] = best(parallel=4)
+        values["p4_gbps"] = iperf3_gbps(client, server, addr, seconds=seconds, parallel=4)
     values["rtt_ms"] = ping_rtt_ms(client, addr)
-    lab.kill_processes()
     return values
 
 
@@ -66,32 +75,42 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default="raw,wgo,mixed,tunkit")
     ap.add_argument("--no-parallel", action="store_true", help="skip the -P 4 runs")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="iperf3 runs per figure; the best is kept (other load only slows runs)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="every setup is measured once per round, in turn; medians are kept")
     opts = ap.parse_args()
     keys = [k for k in opts.only.split(",") if k]
     names = {"raw": "raw veth", **{k: v[0] for k, v in SETUPS.items()}}
-    rows: list[tuple[str, dict[str, float]]] = []
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
     with Lab("tkbw") as lab:
+        ends = {}
         for key in keys:
-            print(f"measuring {names[key]} ...", flush=True)
-            rows.append((names[key], measure(lab, key, opts.seconds, not opts.no_parallel,
-                                             opts.repeat)))
-    results = dict(rows)
+            print(f"bringing up {names[key]} ...", flush=True)
+            ends[key] = build(lab, key)
+        for n in range(max(1, opts.rounds)):
+            for key in keys:
+                print(f"round {n + 1}: {names[key]} ...", flush=True)
+                samples[key].append(one_round(ends[key], opts.seconds, not opts.no_parallel))
+    results = {names[k]: {f: median(s[f] for s in samples[k]) for f in samples[k][0]}
+               for k in keys}
+    rows = list(results.items())
     columns = ["single_gbps", "single_reverse_gbps", "p4_gbps", "rtt_ms"]
     baseline = names["wgo"] if "wgo" in keys else rows[0][0]
     print()
     print_ratio_table(rows, baseline, columns)
-    summary = {}
+    summary: dict[str, Any] = {}
     if "wgo" in keys and "tunkit" in keys:
-        summary["tunkit_vs_wireguard_go_single"] = (
-            results[names["tunkit"]]["single_gbps"] / results[names["wgo"]]["single_gbps"]
-        )
-        print(f"\ntunkit<->tunkit / wireguard-go<->wireguard-go, single stream: "
-              f"{summary['tunkit_vs_wireguard_go_single']:.2f}x (target 3x)")
+        # the ratio of each round's two runs (a few seconds apart), then the median
+        ratios = [t["single_gbps"] / w["single_gbps"]
+                  for t, w in zip(samples["tunkit"], samples["wgo"], strict=True)]
+        summary["tunkit_vs_wireguard_go_single"] = median(ratios)
+        summary["round_ratios"] = ratios
+        print(f"\ntunkit<->tunkit / wireguard-go<->wireguard-go, single stream: median "
+              f"{median(ratios):.2f}x over {len(ratios)} rounds "
+              f"({', '.join(f'{r:.2f}' for r in ratios)}; target 3x)")
     path = write_results("wg", {"machine": machine_info(), "seconds": opts.seconds,
-                                "repeat": opts.repeat,
-                                "results": results, "baseline": baseline, "summary": summary,
+                                "rounds": opts.rounds, "results": results,
+                                "samples": {names[k]: v for k, v in samples.items()},
+                                "baseline": baseline, "summary": summary,
                                 "reference_wireguard_go_gbps": WIREGUARD_GO_GBPS})
     print(f"wrote {path}")
     return 0
