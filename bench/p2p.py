@@ -3,7 +3,10 @@
 For raw veth, compat, fast, TLS and UDP: iperf3 single stream and -P 4 (Gbit/s, received) and
 the average ping RTT.  Prints each figure with its ratio to raw veth and writes
 ``bench/results/p2p.json``.  Needs root (network namespaces), iperf3 and ping.
-Usage: ``python bench/p2p.py [--seconds N] [--repeat N] [--only fast,tls]``.
+Each tunnel's single-stream figure is paired with a raw veth run seconds before it, round
+after round: the headline ratio is the median of those pairs (raw veth alone swings from 17
+to 31 Gbit/s between runs on this machine).
+Usage: ``python bench/p2p.py [--seconds N] [--rounds N] [--only fast,tls]``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,15 +60,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default="compat,fast,tls,udp")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="iperf3 runs per figure; the best is kept (other load only slows runs)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="paired runs (raw veth, then the tunnel) per figure; medians are kept")
     opts = ap.parse_args()
     modes = [m for m in opts.only.split(",") if m]
-
-    def best(run: Callable[[], float]) -> float:
-        return max(run() for _ in range(max(1, opts.repeat)))
-
+    rounds = max(1, opts.rounds)
+    raw_samples: list[float] = []
     results: dict[str, dict[str, float]] = {}
+    paired: dict[str, list[float]] = {}
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp, Lab("tkb") as lab:
         certs = Path(tmp) / "certs"
@@ -73,13 +75,12 @@ def main() -> int:
                        check=True, stdout=subprocess.DEVNULL)
         a, b = lab.add_host("a"), lab.add_host("b")
         lab.link(a, b, "10.88.0.1/24", "10.88.0.2/24")
+
+        def raw(parallel: int = 1) -> float:
+            return iperf3_gbps(b, a, "10.88.0.1", parallel=parallel, seconds=opts.seconds)
+
         print(f"raw veth ({opts.seconds:g}s per run)...", flush=True)
-        results["raw veth"] = {
-            "single_gbps": best(lambda: iperf3_gbps(b, a, "10.88.0.1", seconds=opts.seconds)),
-            "p4_gbps": best(lambda: iperf3_gbps(b, a, "10.88.0.1", parallel=4,
-                                                seconds=opts.seconds)),
-        }
-        results["raw veth"].update(_rtt(b, "10.88.0.1"))
+        results["raw veth"] = {"p4_gbps": raw(4), **_rtt(b, "10.88.0.1")}
         for mode in modes:
             print(f"{mode}...", flush=True)
             s_args, c_args = tunnel_args(mode, certs)
@@ -92,33 +93,43 @@ def main() -> int:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_ping(b, "10.98.0.1")
+                singles = []
+                paired[mode] = []
+                for _ in range(rounds):  # the raw link, then the tunnel, seconds apart
+                    link = raw()
+                    raw_samples.append(link)
+                    singles.append(iperf3_gbps(b, a, "10.98.0.1", seconds=opts.seconds))
+                    paired[mode].append(singles[-1] / link)
                 results[mode] = {
-                    "single_gbps": best(lambda: iperf3_gbps(b, a, "10.98.0.1",
-                                                            seconds=opts.seconds)),
-                    "p4_gbps": best(lambda: iperf3_gbps(b, a, "10.98.0.1", parallel=4,
-                                                        seconds=opts.seconds)),
+                    "single_gbps": median(singles),
+                    "p4_gbps": iperf3_gbps(b, a, "10.98.0.1", parallel=4, seconds=opts.seconds),
+                    **_rtt(b, "10.98.0.1"),
                 }
-                results[mode].update(_rtt(b, "10.98.0.1"))
             finally:
                 for proc in (client, server):
                     proc.terminate()
                     proc.wait(10)
                 time.sleep(0.3)
-    rows = list(results.items())
+        results["raw veth"]["single_gbps"] = median(raw_samples) if raw_samples else raw()
+    rows = [("raw veth", results["raw veth"])] + [(m, results[m]) for m in modes]
     print()
     print_ratio_table(rows, "raw veth", ["single_gbps", "p4_gbps", "rtt_ms", "rtt_min_ms"])
     extra = {m: {"x_simpletun": r["single_gbps"] / SIMPLETUN_GBPS,
+                 "of_raw_veth_paired": median(paired[m]),
+                 "round_ratios": paired[m],
                  "rtt_added_ms": r["rtt_ms"] - results["raw veth"]["rtt_ms"],
                  "rtt_min_added_ms": r["rtt_min_ms"] - results["raw veth"]["rtt_min_ms"]}
              for m, r in results.items() if m != "raw veth"}
     for m, e in extra.items():
-        print(f"{m:12} {e['x_simpletun']:.1f}x simpletun's {SIMPLETUN_GBPS} Gbit/s, "
+        print(f"{m:12} {e['of_raw_veth_paired']:.1%} of raw veth (median of "
+              f"{', '.join(f'{x:.1%}' for x in e['round_ratios'])}), "
+              f"{e['x_simpletun']:.1f}x simpletun's {SIMPLETUN_GBPS} Gbit/s, "
               f"ping +{e['rtt_added_ms']:.3f} ms avg (+{e['rtt_min_added_ms']:.3f} min) over raw veth")
     load = load_average()
     if load > 1.5:
         print(f"note: 1-minute load average {load:.2f} on this machine: figures are noisy")
     path = write_results("p2p", {"machine": machine_info(), "seconds": opts.seconds,
-                                 "repeat": opts.repeat,
+                                 "rounds": rounds,
                                  "simpletun_gbps": SIMPLETUN_GBPS, "results": results,
                                  "derived": extra})
     print(f"wrote {path}")
