@@ -160,6 +160,40 @@ def test_udp_direct_rule(plab: pl.ProxyLab) -> None:
         stop(proc)
 
 
+SLOW_AND_FAST = r'''
+import socket, sys, time
+slow, fast, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+start = time.monotonic()
+s.sendto(b"to-slow", (slow, port))  # its name takes 2 s to resolve
+time.sleep(0.1)
+s.sendto(b"to-fast", (fast, port))
+for _ in range(2):
+    data, addr = s.recvfrom(65535)
+    print(data.decode(), addr[0], round(time.monotonic() - start, 2))
+'''
+
+
+def test_udp_direct_flow_does_not_wait_for_another_names_resolution(plab: pl.ProxyLab) -> None:
+    (plab.workdir / "slow_and_fast.py").write_text(SLOW_AND_FAST)
+    rules = plab.workdir / "rules.txt"
+    rules.write_text("proto udp direct\n")
+    proc = start(plab, "--rules", str(rules))
+    try:
+        slow, fast = dig(plab, "slow.echo.test"), dig(plab, "echo.test")
+        out = plab.client.run([sys.executable, str(plab.workdir / "slow_and_fast.py"), slow, fast,
+                               str(pl.ECHO_PORT)], check=False, timeout=20)
+        assert out.returncode == 0, out.stderr
+        (first, first_from, first_at), (second, second_from, second_at) = (
+            line.split() for line in out.stdout.splitlines())
+        # the fast name's echo comes back while the slow one is still being resolved
+        assert (first, first_from) == ("echo:to-fast", fast) and float(first_at) < 1.5
+        assert (second, second_from) == ("echo:to-slow", slow) and float(second_at) >= 1.9
+    finally:
+        stop(proc)
+
+
 def test_reject_rule_fails_fast(plab: pl.ProxyLab) -> None:
     rules = plab.workdir / "rules.txt"
     rules.write_text("domain-keyword blocked reject\ncidr 198.18.0.0/15 default\n")

@@ -43,7 +43,7 @@ WEB_PORT = 80
 ECHO_PORT = 7
 
 DNS_SERVER = r'''
-import socket, socketserver, sys, threading
+import socket, socketserver, sys, threading, time
 import dns.message, dns.rrset, dns.rcode, dns.rdatatype
 ADDR, LOG = sys.argv[1], sys.argv[2]
 def answer(wire, client):
@@ -52,6 +52,8 @@ def answer(wire, client):
     name = q.question[0].name.to_text().lower()
     with open(LOG, "a") as f:
         f.write(f"{name} {dns.rdatatype.to_text(q.question[0].rdtype)} from {client}\n")
+    if name.startswith("slow."):  # a resolver that takes its time
+        time.sleep(2)
     if name.endswith(".test.") and q.question[0].rdtype == dns.rdatatype.A:
         r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", ADDR))
     elif not name.endswith(".test."):

@@ -4,6 +4,9 @@ Contract:
 
 * :meth:`UdpRelay.submit` is called by the TUN loop with one captured datagram and never
   blocks: datagrams are queued to one worker thread that owns every upstream socket.
+* A direct datagram to a fake IP needs the name's real address: from the resolver's cache at
+  once, otherwise the datagram waits (at most :data:`MAX_PARKED` per name) while a pool
+  thread asks the upstream resolver, so a slow name never holds up other flows.
 * Sessions are keyed by the application's source (``tunkit.proxy.udp.UdpSessionTable``):
   idle timeout and a cap (the least recently used session is evicted).  A session keeps one
   upstream association per rules target: a marked UDP socket for ``direct`` or a SOCKS5
@@ -35,6 +38,7 @@ from tunkit.proxy.rules import DIRECT, REJECT, Upstream
 from tunkit.proxy.sansio import NeedData
 from tunkit.proxy.udp import UdpSession, UdpSessionTable, build_udp_reply
 from tunkit.services.proxy_dns import DnsServer
+from tunkit.services.proxy_pool import ElasticPool
 from tunkit.services.proxy_sockets import OutboundSockets
 from tunkit.services.proxy_state import ProxyState
 
@@ -42,6 +46,8 @@ log = logging.getLogger("tunkit.proxy.udp")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Submission = tuple[IPAddress, int, IPAddress, int, bytes]
+MAX_PARKED = 64
+"""Datagrams kept per name while its address is being resolved; later ones are dropped."""
 
 
 @dataclass(eq=False)
@@ -61,6 +67,16 @@ class _Assoc:
     """Its entry in the flow registry (status endpoint)."""
 
 
+@dataclass(eq=False)
+class _Parked:
+    """A direct datagram waiting for its destination name's address."""
+
+    assoc: _Assoc
+    dst_ip: IPAddress
+    dst_port: int
+    payload: bytes
+
+
 class UdpRelay:
     def __init__(self, state: ProxyState, sockets: OutboundSockets, dns: DnsServer | None,
                  write_packet: Callable[[bytes], None]) -> None:
@@ -77,6 +93,11 @@ class UdpRelay:
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, daemon=True, name="proxy-udp")
+        self._resolvers = ElasticPool("proxy-udp-dns")
+        # (name, want v6) -> datagrams waiting for its address (worker thread only)
+        self._parked: dict[tuple[str, bool], list[_Parked]] = {}
+        self._resolved: collections.deque[tuple[tuple[str, bool], str | None]] = (
+            collections.deque())
 
     def start(self) -> None:
         self._thread.start()
@@ -116,6 +137,8 @@ class UdpRelay:
                     self._on_control(assoc)
                 else:
                     self._on_reply(assoc)
+            while self._resolved:
+                self._on_resolved(*self._resolved.popleft())
             while self._queue:
                 try:
                     self._on_datagram(*self._queue.popleft())
@@ -160,21 +183,67 @@ class UdpRelay:
         if assoc.kind == DIRECT:
             address = host
             if domain is not None:
-                resolved = self.dns.resolve(domain, dst_ip.version == 6) if self.dns else None
-                if resolved is None:
-                    raise TunkitError(f"cannot resolve {domain}")
-                address = resolved
-            assoc.back[(address, dst_port)] = (dst_ip, dst_port)
-            assoc.by_port[dst_port] = (dst_ip, dst_port)
-            assoc.sock.sendto(payload, (address, dst_port))
+                if self.dns is None:
+                    raise TunkitError(f"cannot resolve {domain}: no resolver")
+                want_v6 = dst_ip.version == 6
+                cached = self.dns.cached(domain, want_v6)
+                if cached is None:  # resolve on a pool thread; the datagram waits
+                    self._park(_Parked(assoc, dst_ip, dst_port, payload), domain, want_v6)
+                    return
+                address = cached
+            self._send_direct(assoc, address, dst_ip, dst_port, payload)
         else:
             assoc.by_port[dst_port] = (dst_ip, dst_port)
             assoc.back[(host, dst_port)] = (dst_ip, dst_port)
             assoc.sock.send(socks5.encode_udp_datagram(host, dst_port, payload))
-        self.table.note_upstream(session, len(payload), now)
-        with state.lock:
-            state.count("udp_datagrams_up")
-            state.flows.add_bytes(assoc.flow_id, up=len(payload))
+            self._sent_up(assoc, len(payload))
+
+    def _send_direct(self, assoc: _Assoc, address: str, dst_ip: IPAddress, dst_port: int,
+                     payload: bytes) -> None:
+        assoc.back[(address, dst_port)] = (dst_ip, dst_port)
+        assoc.by_port[dst_port] = (dst_ip, dst_port)
+        assoc.sock.sendto(payload, (address, dst_port))
+        self._sent_up(assoc, len(payload))
+
+    def _sent_up(self, assoc: _Assoc, size: int) -> None:
+        self.table.note_upstream(assoc.session, size, time.monotonic())
+        with self.state.lock:
+            self.state.count("udp_datagrams_up")
+            self.state.flows.add_bytes(assoc.flow_id, up=size)
+
+    def _park(self, parked: _Parked, domain: str, want_v6: bool) -> None:
+        key = (domain, want_v6)
+        waiting = self._parked.get(key)
+        if waiting is None:
+            self._parked[key] = [parked]
+            self._resolvers.submit(self._resolve, key)
+        elif len(waiting) < MAX_PARKED:
+            waiting.append(parked)
+        else:
+            with self.state.lock:
+                self.state.count("udp_dropped_resolving")
+
+    def _resolve(self, key: tuple[str, bool]) -> None:
+        """On a pool thread: ask the resolver, hand the answer to the worker."""
+        address = None
+        try:
+            address = self.dns.resolve(*key) if self.dns is not None else None
+        finally:
+            self._resolved.append((key, address))
+            self._wake()
+
+    def _on_resolved(self, key: tuple[str, bool], address: str | None) -> None:
+        for parked in self._parked.pop(key, []):
+            assoc = parked.assoc
+            if assoc.sock.fileno() < 0:  # its session ended meanwhile
+                continue
+            if address is None:
+                log.info("UDP datagram dropped: cannot resolve %s", key[0])
+                continue
+            try:
+                self._send_direct(assoc, address, parked.dst_ip, parked.dst_port, parked.payload)
+            except OSError as err:
+                log.info("UDP datagram dropped: %s", err)
 
     def _open_assoc(self, session: UdpSession, upstream: Upstream, version: int) -> _Assoc:
         family = socket.AF_INET6 if version == 6 else socket.AF_INET
