@@ -359,3 +359,28 @@ class UdpTransport:
                 return
             if batch[0]:
                 yield batch
+
+
+Read = tuple[int, int, int, Endpoint]
+"""``(offset, nbytes, segment_size, source)`` of one receive into a shared buffer; a
+segment size of 0 means a single datagram (see :meth:`UdpTransport.receive_into`)."""
+
+
+def merge_single_datagrams(reads: list[Read]) -> list[Read]:
+    """Userspace GRO over reads laid back to back in one buffer: a single datagram joins
+    the run before it when both come from the same source, it starts where the run ends,
+    it is no larger than the run's datagrams and the run's last datagram is full-size (a
+    GRO read's rules: equal datagrams, the last one may be shorter).  Order is kept;
+    zero-length datagrams stay alone."""
+    out: list[Read] = []
+    for read in reads:
+        offset, nbytes, segment, source = read
+        if out and not segment and nbytes:
+            start, length, run_size, run_source = out[-1]
+            run_size = run_size or length
+            if (run_source == source and start + length == offset and 0 < nbytes <= run_size
+                    and not length % run_size):
+                out[-1] = (start, length + nbytes, run_size, source)
+                continue
+        out.append(read)
+    return out

@@ -52,7 +52,7 @@ from typing import Any
 
 from tunkit.errors import DeviceError, MalformedPacketError
 from tunkit.io.tun import TunDevice, open_tun
-from tunkit.io.udp import Endpoint, UdpTransport, endpoint_of
+from tunkit.io.udp import Endpoint, UdpTransport, endpoint_of, merge_single_datagrams
 from tunkit.packet.tcpsplit import plan_tcp_split
 from tunkit.packet.vnet import (
     GSO_NONE,
@@ -80,6 +80,7 @@ UNDER_LOAD_HANDSHAKES = 8
 UNDER_LOAD_HOLD = 1.0
 _HANDSHAKE_SIZES = frozenset((148, 92))
 RX_SLOT_BYTES = 65535 + 64  # one GRO read: up to 64 KiB of datagrams
+SINGLE_READS = 128  # receive syscalls per wake-up at most (single datagrams are small)
 TUN_READ_SIZE = 65535 + 256  # a 64 KiB super-packet plus its virtio_net_hdr
 LIVENESS_INTERVAL = 0.5
 SIOCGIFMTU = 0x8921
@@ -425,19 +426,28 @@ class WireGuardService:
         self._execute(actions)
 
     def _pump_udp(self) -> None:
-        """Drain up to BATCH GRO reads into one preallocated buffer, then hand each read's
-        datagrams to the core as one run (:meth:`Device.receive_segments`)."""
+        """Drain the UDP socket into one preallocated buffer, then hand each run of
+        datagrams to the core in one call (:meth:`Device.receive_segments`).
+
+        Reads land back to back.  A GRO read is a run already; single datagrams (from a
+        peer without UDP GSO, such as an older wireguard-go, over a link without GRO) join
+        the run before them when they can (:func:`merge_single_datagrams`): GRO done here,
+        so the core's per-run costs are paid once for many datagrams.  At most ``BATCH``
+        GRO reads or ``SINGLE_READS`` reads in all per call."""
         assert self.udp is not None and self.tun is not None
         udp = self.udp
         view = self._rx_view
+        limit = len(view) - RX_SLOT_BYTES
         reads: list[tuple[int, int, int, Endpoint]] = []  # (offset, nbytes, gso size, source)
         offset = 0
         handshakes = 0
         datagrams = 0
-        for _ in range(BATCH):
+        syscalls = gro_reads = 0
+        while offset <= limit and syscalls < SINGLE_READS:
             got = udp.receive_into(view[offset : offset + RX_SLOT_BYTES])
             if got is None:
                 break
+            syscalls += 1
             nbytes, segment, source = got
             if nbytes < 0:
                 continue
@@ -447,10 +457,16 @@ class WireGuardService:
             if size in _HANDSHAKE_SIZES and view[offset] in (1, 2):
                 handshakes += count
             reads.append((offset, nbytes, segment, source))
-            offset += RX_SLOT_BYTES
+            offset += nbytes
+            if segment:
+                gro_reads += 1
+                if gro_reads >= BATCH:
+                    break
         if not reads:
             return
+        reads = merge_single_datagrams(reads)
         self.counters["udp_rx_datagrams"] += datagrams
+        self.counters["udp_rx_runs"] += len(reads)
         now = self.now()
         if handshakes >= UNDER_LOAD_HANDSHAKES:
             self._under_load_until = now + UNDER_LOAD_HOLD
