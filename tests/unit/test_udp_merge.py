@@ -30,6 +30,12 @@ def test_singles_join_a_gro_read_but_not_a_larger_one_or_another_source() -> Non
         (0, 400, 100, A), (400, 120, 0, A), (520, 200, 100, B)]
 
 
+def test_gro_reads_of_one_size_join_but_not_of_another() -> None:
+    reads = lay_out([(300, 100, A), (250, 100, A), (300, 100, A), (100, 0, A), (240, 120, A)])
+    assert merge_single_datagrams(reads) == [
+        (0, 550, 100, A), (550, 400, 100, A), (950, 240, 120, A)]
+
+
 def test_a_gro_read_ending_short_and_zero_length_datagrams_stay_apart() -> None:
     reads = lay_out([(250, 100, A), (100, 0, A), (0, 0, A), (100, 0, A)])
     assert merge_single_datagrams(reads) == reads

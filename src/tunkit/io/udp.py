@@ -367,19 +367,21 @@ segment size of 0 means a single datagram (see :meth:`UdpTransport.receive_into`
 
 
 def merge_single_datagrams(reads: list[Read]) -> list[Read]:
-    """Userspace GRO over reads laid back to back in one buffer: a single datagram joins
-    the run before it when both come from the same source, it starts where the run ends,
-    it is no larger than the run's datagrams and the run's last datagram is full-size (a
-    GRO read's rules: equal datagrams, the last one may be shorter).  Order is kept;
-    zero-length datagrams stay alone."""
+    """Userspace GRO over reads laid back to back in one buffer: a read joins the run
+    before it when both come from the same source, it starts where the run ends, the
+    run's last datagram is full-size, and the read is a single datagram no larger than
+    the run's or a GRO read of the run's segment size (a GRO read's rules: equal
+    datagrams, the last one may be shorter).  Order is kept; zero-length datagrams stay
+    alone."""
     out: list[Read] = []
     for read in reads:
         offset, nbytes, segment, source = read
-        if out and not segment and nbytes:
+        if out and nbytes:
             start, length, run_size, run_source = out[-1]
             run_size = run_size or length
-            if (run_source == source and start + length == offset and 0 < nbytes <= run_size
-                    and not length % run_size):
+            if (run_size and run_source == source and start + length == offset
+                    and not length % run_size
+                    and (segment == run_size or (not segment and nbytes <= run_size))):
                 out[-1] = (start, length + nbytes, run_size, source)
                 continue
         out.append(read)
