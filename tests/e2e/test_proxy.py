@@ -181,7 +181,7 @@ def test_udp_direct_flow_does_not_wait_for_another_names_resolution(plab: pl.Pro
     rules.write_text("proto udp direct\n")
     proc = start(plab, "--rules", str(rules))
     try:
-        slow, fast = dig(plab, "slow.echo.test"), dig(plab, "echo.test")
+        slow, fast = dig(plab, "sluggish.echo.test"), dig(plab, "echo.test")
         out = plab.client.run([sys.executable, str(plab.workdir / "slow_and_fast.py"), slow, fast,
                                str(pl.ECHO_PORT)], check=False, timeout=20)
         assert out.returncode == 0, out.stderr
@@ -314,6 +314,21 @@ def test_cgroup_bypass_exec(plab: pl.ProxyLab) -> None:
         assert f"connected to {pl.SERVER_IP}:80" in socks_log(plab)  # captured again
     finally:
         stop(proc)
+
+
+def test_cgroup_bypass_masquerades_both_families(plab: pl.ProxyLab) -> None:
+    """A bypassed socket's packet keeps the TUN source picked before the reroute; the nat
+    chain rewrites it for IPv4 and, with --prefix6, for IPv6 too."""
+    proc = start(plab, "--auto-route", "--prefix6", "fc00:18::/64")
+    try:
+        ruleset = plab.client.run(["nft", "list", "ruleset"]).stdout
+        masquerades = [ln.strip() for ln in ruleset.splitlines() if "masquerade" in ln]
+        assert any("ip saddr 198.18.0.0/15" in ln for ln in masquerades), ruleset
+        assert any("ip6 saddr fc00:18::/64" in ln for ln in masquerades), ruleset
+        assert all('oifname != "tkp0"' in ln for ln in masquerades), ruleset
+    finally:
+        stop(proc)
+    assert "masquerade" not in plab.client.run(["nft", "list", "ruleset"]).stdout
 
 
 def test_status_shows_live_flow(plab: pl.ProxyLab) -> None:

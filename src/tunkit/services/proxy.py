@@ -117,9 +117,10 @@ class ProxyService:
             with Netlink() as netlink:
                 self.changes.install_auto_route(netlink, table=config.table, mark=state.mark,
                                                 dns_mark=dns_mark, v6=state.tun_ip6 is not None)
-            self.changes.install_nft(mark=state.mark, dns_mark=dns_mark,
-                                     tun_prefix=str(state.prefix4),
-                                     bypass_cgroup=config.bypass_cgroup)
+            self.changes.install_nft(
+                mark=state.mark, dns_mark=dns_mark, tun_prefix=str(state.prefix4),
+                bypass_cgroup=config.bypass_cgroup,
+                tun_prefix6=str(state.prefix6) if state.prefix6 is not None else None)
         if config.status_listen is not None:
             self.status = StatusServer(state, config.status_listen, self._extra_status)
             self.status.start()

@@ -52,7 +52,7 @@ def answer(wire, client):
     name = q.question[0].name.to_text().lower()
     with open(LOG, "a") as f:
         f.write(f"{name} {dns.rdatatype.to_text(q.question[0].rdtype)} from {client}\n")
-    if name.startswith("slow."):  # a resolver that takes its time
+    if name.startswith("sluggish."):  # a resolver that takes its time
         time.sleep(2)
     if name.endswith(".test.") and q.question[0].rdtype == dns.rdatatype.A:
         r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", ADDR))

@@ -119,7 +119,7 @@ class HostChanges:
             netlink.add_route("::/0", dev=self.tun, table=table)
 
     def install_nft(self, *, mark: int, dns_mark: int, tun_prefix: str,
-                    bypass_cgroup: bool) -> Path | None:
+                    bypass_cgroup: bool, tun_prefix6: str | None = None) -> Path | None:
         """The nft table of ``--auto-route``; returns the bypass cgroup (None without v2)."""
         rules: list[str] = [f"meta mark {mark:#x} return"]  # our own sockets: hands off
         group = None
@@ -153,8 +153,11 @@ class HostChanges:
             body += ("  chain postrouting {\n"
                      "    type nat hook postrouting priority srcnat; policy accept;\n"
                      f"    meta mark {mark:#x} ip saddr {tun_prefix} "
-                     f'oifname != "{self.tun}" masquerade\n'
-                     "  }\n")
+                     f'oifname != "{self.tun}" masquerade\n')
+            if tun_prefix6 is not None:
+                body += (f"    meta mark {mark:#x} ip6 saddr {tun_prefix6} "
+                         f'oifname != "{self.tun}" masquerade\n')
+            body += "  }\n"
         NftTable("inet", nft_name).apply(body)
         return group
 
