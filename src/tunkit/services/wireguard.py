@@ -433,8 +433,8 @@ class WireGuardService:
         peer without UDP GSO, such as an older wireguard-go, over a link without GRO), and
         GRO reads of the same size, join the run before them when they can
         (:func:`merge_single_datagrams`): GRO done here, so the core's per-run costs are
-        paid once for many datagrams.  At most ``BATCH``
-        GRO reads or ``SINGLE_READS`` reads in all per call."""
+        paid once for many datagrams.  At most ``BATCH`` GRO reads or ``SINGLE_READS``
+        reads in all per call."""
         assert self.udp is not None and self.tun is not None
         udp = self.udp
         view = self._rx_view
