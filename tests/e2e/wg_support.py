@@ -12,16 +12,16 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunkit.lab import Host, Lab, wait_for
+from tunkit.services.wg_demo import daemon_argv
+from tunkit.services.wg_demo import tool_env as demo_tool_env
 from tunkit.wireguard.keys import encode_key, generate_private_key, public_key_from_private
 
-VENV_BIN = str(Path(sys.executable).parent)
 SOCKET_DIR = "/var/run/wireguard"
 _counter = itertools.count()
 
@@ -33,18 +33,8 @@ def unique_ifname(tag: str = "wg") -> str:
 
 
 def tool_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-    env.update(extra)
-    return env
-
-
-def daemon_argv(impl: str, ifname: str) -> list[str]:
-    if impl == "tunkit":
-        return [sys.executable, "-m", "tunkit.wg_daemon", "-f", ifname]
-    if impl == "wireguard-go":
-        return ["wireguard-go", "-f", ifname]
-    raise ValueError(impl)
+    """The environment the demo gives wg, wg-quick and the daemons, plus ``extra``."""
+    return {**demo_tool_env(), **extra}
 
 
 @dataclass

@@ -190,17 +190,9 @@ class TcpStream:
         self.peer = peer
 
     def send_views(self, views: list[memoryview]) -> None:
-        i = 0
-        while i < len(views):
-            sent = self.sock.sendmsg(views[i : i + TX_MAX_VIEWS])
-            while sent and i < len(views):
-                n = len(views[i])
-                if sent >= n:
-                    sent -= n
-                    i += 1
-                else:
-                    views[i] = views[i][sent:]
-                    sent = 0
+        """Send every view (consumed from ``views`` as they go out)."""
+        while views:
+            _consume(views, self.sock.sendmsg(views[:TX_MAX_VIEWS]))
 
     def recv_into(self, view: memoryview) -> int:
         return self.sock.recv_into(view)

@@ -63,7 +63,8 @@ def socket_path(ifname: str, directory: str = SOCKET_DIRECTORY) -> str:
     return os.path.join(directory, f"{ifname}.sock")
 
 
-def _socket_is_live(path: str) -> bool:
+def socket_is_live(path: str) -> bool:
+    """True if something accepts connections on the UNIX socket ``path``."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -78,7 +79,7 @@ def _socket_is_live(path: str) -> bool:
 def remove_stale_socket(ifname: str, directory: str = SOCKET_DIRECTORY) -> bool:
     """Delete ``IFNAME.sock`` if nobody listens on it any more; True if it was removed."""
     path = socket_path(ifname, directory)
-    if os.path.exists(path) and not _socket_is_live(path):
+    if os.path.exists(path) and not socket_is_live(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return True
@@ -109,7 +110,7 @@ class UapiServer:
         self._closed = False
         os.makedirs(directory, mode=0o755, exist_ok=True)
         if os.path.exists(self.path):
-            if _socket_is_live(self.path):
+            if socket_is_live(self.path):
                 raise DeviceError(f"{self.path} is in use by another daemon")
             os.unlink(self.path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -49,6 +49,7 @@ from tunkit.io.nft import NftTable
 from tunkit.io.procs import pid_alive
 from tunkit.services.uapi_server import (
     reply_errno,
+    socket_is_live,
     socket_path,
     uapi_call,
 )
@@ -282,20 +283,8 @@ def _clean_stale(ifname: str) -> None:
     record.remove_file()
     stale = socket_path(ifname)
     with contextlib.suppress(FileNotFoundError):
-        if not _socket_live(stale):
+        if not socket_is_live(stale):
             os.unlink(stale)
-
-
-def _socket_live(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1)
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 # --------------------------------------------------------------------------- steps
@@ -548,7 +537,7 @@ def up(config: str) -> str:
     with Netlink() as nl:
         if nl.link_exists(ifname):
             raise DeviceError(f"{ifname} already exists")
-    if os.path.exists(socket_path(ifname)) and _socket_live(socket_path(ifname)):
+    if os.path.exists(socket_path(ifname)) and socket_is_live(socket_path(ifname)):
         raise DeviceError(f"{ifname} already exists (in another namespace?)")
     record = Record(ifname)
     record.save()
