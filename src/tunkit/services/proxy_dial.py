@@ -58,6 +58,23 @@ def _recv_some(sock: socket.socket) -> bytes:
     return data
 
 
+def socks5_handshake(sock: socket.socket, client: socks5.Socks5Client, what: str) -> object:
+    """Drive ``client`` over the blocking ``sock`` to its end: the final event on success,
+    :class:`UpstreamError` (naming ``what``) on a refusal or a closed connection."""
+    sock.sendall(client.initial_bytes())
+    while True:
+        event = client.next_event()
+        out = client.data_to_send()
+        if out:
+            sock.sendall(out)
+        if isinstance(event, NeedData):
+            client.receive_data(_recv_some(sock))
+            continue
+        if isinstance(event, socks5.Failed):
+            raise UpstreamError(f"SOCKS5 {what}: {event.message}")
+        return event
+
+
 class Dialer:
     def __init__(self, sockets: OutboundSockets, dns: DnsServer | None) -> None:
         self.sockets = sockets
@@ -103,18 +120,8 @@ class Dialer:
     def _socks5(sock: socket.socket, upstream: Upstream, host: str, port: int) -> bytes:
         client = socks5.Socks5Client(socks5.Command.CONNECT, host, port,
                                      username=upstream.username, password=upstream.password)
-        sock.sendall(client.initial_bytes())
-        while True:
-            event = client.next_event()
-            out = client.data_to_send()
-            if out:
-                sock.sendall(out)
-            if isinstance(event, NeedData):
-                client.receive_data(_recv_some(sock))
-                continue
-            if isinstance(event, socks5.Failed):
-                raise UpstreamError(f"SOCKS5 {host}:{port}: {event.message}")
-            return client.trailing_data
+        socks5_handshake(sock, client, f"{host}:{port}")
+        return client.trailing_data
 
     @staticmethod
     def _http_connect(sock: socket.socket, upstream: Upstream, host: str, port: int) -> bytes:

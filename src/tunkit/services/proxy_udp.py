@@ -35,8 +35,8 @@ from tunkit.packet.ip import PROTO_UDP, build_ip
 from tunkit.packet.udp import build_udp
 from tunkit.proxy import socks5
 from tunkit.proxy.rules import DIRECT, REJECT, Upstream
-from tunkit.proxy.sansio import NeedData
 from tunkit.proxy.udp import UdpSession, UdpSessionTable, build_udp_reply
+from tunkit.services.proxy_dial import socks5_handshake
 from tunkit.services.proxy_dns import DnsServer
 from tunkit.services.proxy_pool import ElasticPool
 from tunkit.services.proxy_sockets import OutboundSockets
@@ -259,22 +259,8 @@ class UdpRelay:
             control.settimeout(5.0)
             client = socks5.Socks5Client(socks5.Command.UDP_ASSOCIATE, "0.0.0.0", 0,
                                          username=upstream.username, password=upstream.password)
-            control.sendall(client.initial_bytes())
-            while True:
-                event = client.next_event()
-                out = client.data_to_send()
-                if out:
-                    control.sendall(out)
-                if isinstance(event, NeedData):
-                    data = control.recv(4096)
-                    if not data:
-                        raise TunkitError("SOCKS5 server closed the UDP ASSOCIATE connection")
-                    client.receive_data(data)
-                    continue
-                if isinstance(event, socks5.Failed):
-                    raise TunkitError(f"SOCKS5 UDP ASSOCIATE: {event.message}")
-                assert isinstance(event, socks5.UdpAssociated)
-                break
+            event = socks5_handshake(control, client, "UDP ASSOCIATE")
+            assert isinstance(event, socks5.UdpAssociated)
             relay_host = event.relay_host
             if ipaddress.ip_address(relay_host).is_unspecified:
                 relay_host = control.getpeername()[0]
