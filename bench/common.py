@@ -4,6 +4,11 @@ Contract: every helper runs its tools inside :class:`tunkit.lab.Host` namespaces
 root namespace) and kills what it starts.  :func:`iperf3_gbps` returns the receiver-side
 throughput in Gbit/s, :func:`ping_rtt_ms` the average RTT; both raise ``RuntimeError`` with the
 tool's own message on failure.  :func:`write_results` writes ``bench/results/NAME.json``.
+
+Every iperf3 run also records how the machine's CPU time was spent while it ran
+(:data:`RUNS`; :func:`cpu_note` summarises it): on this VM the hypervisor takes back up to
+half of both vCPUs under load ("steal"), and a figure taken then is not comparable with one
+taken when it did not.
 """
 
 from __future__ import annotations
@@ -21,6 +26,34 @@ from tunkit.lab import Host
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IPERF_PORT = 5201
+RUNS: list[dict[str, Any]] = []  # one entry per iperf3 run: address, -P, Gbit/s, CPU shares
+
+
+def cpu_times() -> list[int]:
+    """The machine-wide CPU counters of ``/proc/stat`` (user nice system idle iowait irq
+    softirq steal), in clock ticks."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """How the CPU time between two :func:`cpu_times` readings was spent, as fractions."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    return {"busy": (d[0] + d[1] + d[2] + d[5] + d[6]) / total, "idle": (d[3] + d[4]) / total,
+            "steal": d[7] / total}
+
+
+def cpu_note() -> str:
+    """One line on the CPU steal seen during this process's iperf3 runs ('' if none ran)."""
+    steals = sorted(r["cpu"]["steal"] for r in RUNS)
+    if not steals:
+        return ""
+    mid = steals[len(steals) // 2]
+    line = (f"cpu steal during the {len(steals)} iperf3 runs: median {mid:.0%}, "
+            f"max {steals[-1]:.0%}")
+    if steals[-1] > 0.10:
+        line += " (the hypervisor took that share of the vCPUs: compare paired figures only)"
+    return line
 
 
 def iperf3_gbps(client: Host, server: Host, addr: str, *, parallel: int = 1,
@@ -34,14 +67,19 @@ def iperf3_gbps(client: Host, server: Host, addr: str, *, parallel: int = 1,
                 "-P", str(parallel), "-J"]
         if reverse:
             argv.append("-R")
+        before = cpu_times()
         r = client.run(argv, check=False, timeout=seconds + 30)
+        cpu = cpu_shares(before, cpu_times())
         try:
             data = json.loads(r.stdout)
         except json.JSONDecodeError:
             raise RuntimeError(f"iperf3 output unreadable: {r.stderr.strip()}") from None
         if "error" in data:
             raise RuntimeError(f"iperf3: {data['error']}")
-        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+        gbps = float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+        RUNS.append({"addr": addr, "parallel": parallel, "reverse": reverse,
+                     "gbps": round(gbps, 3), "cpu": {k: round(v, 3) for k, v in cpu.items()}})
+        return gbps
     finally:
         if srv.poll() is None:
             srv.terminate()
@@ -88,6 +126,8 @@ def machine_info() -> dict[str, Any]:
 def write_results(name: str, data: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
+    if RUNS:
+        data = {**data, "iperf3_runs": RUNS}
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 

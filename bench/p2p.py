@@ -5,8 +5,12 @@ the average ping RTT.  Prints each figure with its ratio to raw veth and writes
 ``bench/results/p2p.json``.  Needs root (network namespaces), iperf3 and ping.
 Each tunnel's single-stream figure is paired with a raw veth run seconds before it, round
 after round: the headline ratio is the median of those pairs (raw veth alone swings from 17
-to 31 Gbit/s between runs on this machine).
-Usage: ``python bench/p2p.py [--seconds N] [--rounds N] [--only fast,tls]``.
+to 31 Gbit/s between runs on this machine).  Most of that swing is CPU steal: under load the
+hypervisor takes back up to 40 % of the vCPUs, and the tunnels, which need more wake-ups per
+byte, lose far more than raw veth does.  So a pair during which either run saw more than
+``--max-steal`` of the CPU stolen is measured again (up to ``--retries`` times) and the pair
+with the least steal is kept; every attempt, with its steal, is in the JSON.
+Usage: ``python bench/p2p.py [--seconds N] [--rounds N] [--max-steal F] [--only fast,tls]``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    RUNS,
+    cpu_note,
     iperf3_gbps,
     load_average,
     machine_info,
@@ -62,12 +68,17 @@ def main() -> int:
     ap.add_argument("--only", default="compat,fast,tls,udp")
     ap.add_argument("--rounds", type=int, default=3,
                     help="paired runs (raw veth, then the tunnel) per figure; medians are kept")
+    ap.add_argument("--max-steal", type=float, default=0.15,
+                    help="re-measure a pair whose runs saw more of the CPU stolen than this")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="extra attempts per pair when steal is above --max-steal")
     opts = ap.parse_args()
     modes = [m for m in opts.only.split(",") if m]
     rounds = max(1, opts.rounds)
     raw_samples: list[float] = []
     results: dict[str, dict[str, float]] = {}
     paired: dict[str, list[float]] = {}
+    steal: dict[str, list[tuple[float, float]]] = {}
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp, Lab("tkb") as lab:
         certs = Path(tmp) / "certs"
@@ -95,11 +106,21 @@ def main() -> int:
                 wait_ping(b, "10.98.0.1")
                 singles = []
                 paired[mode] = []
+                steal[mode] = []  # (raw veth, tunnel) share of CPU the hypervisor took
                 for _ in range(rounds):  # the raw link, then the tunnel, seconds apart
-                    link = raw()
+                    attempts = []
+                    for _ in range(1 + max(0, opts.retries)):
+                        link = raw()
+                        tunnel = iperf3_gbps(b, a, "10.98.0.1", seconds=opts.seconds)
+                        stolen = (RUNS[-2]["cpu"]["steal"], RUNS[-1]["cpu"]["steal"])
+                        attempts.append((max(stolen), link, tunnel, stolen))
+                        if max(stolen) <= opts.max_steal:
+                            break
+                    _worst, link, tunnel, stolen = min(attempts)
                     raw_samples.append(link)
-                    singles.append(iperf3_gbps(b, a, "10.98.0.1", seconds=opts.seconds))
-                    paired[mode].append(singles[-1] / link)
+                    singles.append(tunnel)
+                    paired[mode].append(tunnel / link)
+                    steal[mode].append(stolen)
                 results[mode] = {
                     "single_gbps": median(singles),
                     "p4_gbps": iperf3_gbps(b, a, "10.98.0.1", parallel=4, seconds=opts.seconds),
@@ -117,21 +138,25 @@ def main() -> int:
     extra = {m: {"x_simpletun": r["single_gbps"] / SIMPLETUN_GBPS,
                  "of_raw_veth_paired": median(paired[m]),
                  "round_ratios": paired[m],
+                 "round_steal": steal[m],
                  "rtt_added_ms": r["rtt_ms"] - results["raw veth"]["rtt_ms"],
                  "rtt_min_added_ms": r["rtt_min_ms"] - results["raw veth"]["rtt_min_ms"]}
              for m, r in results.items() if m != "raw veth"}
     for m, e in extra.items():
         print(f"{m:12} {e['of_raw_veth_paired']:.1%} of raw veth (median of "
-              f"{', '.join(f'{x:.1%}' for x in e['round_ratios'])}), "
+              f"{', '.join(f'{x:.1%} (steal {max(st):.0%})' for x, st in zip(e['round_ratios'], e['round_steal'], strict=True))}), "
               f"{e['x_simpletun']:.1f}x simpletun's {SIMPLETUN_GBPS} Gbit/s, "
               f"ping +{e['rtt_added_ms']:.3f} ms avg (+{e['rtt_min_added_ms']:.3f} min) over raw veth")
     load = load_average()
     if load > 1.5:
         print(f"note: 1-minute load average {load:.2f} on this machine: figures are noisy")
     path = write_results("p2p", {"machine": machine_info(), "seconds": opts.seconds,
-                                 "rounds": rounds,
+                                 "rounds": rounds, "max_steal": opts.max_steal,
                                  "simpletun_gbps": SIMPLETUN_GBPS, "results": results,
                                  "derived": extra})
+    note = cpu_note()
+    if note:
+        print(note)
     print(f"wrote {path}")
     return 0
 
