@@ -202,6 +202,48 @@ def test_tunkit_up_save_config_writes_running_state(lab, tmp_path):
     time.sleep(0.1)
 
 
+def test_tunkit_save_writes_running_state_without_save_config(lab, tmp_path):
+    host, server, config, ifname = _setup(lab, tmp_path, extra="PostUp = true %i\n")
+    _tunkit(host, "up", config)
+    try:
+        host.run(["wg", "set", ifname, "peer", server.public_key, "persistent-keepalive", "23",
+                  "allowed-ips", "10.77.0.2/32,fd77::2/128,198.51.100.0/24"], env=tool_env())
+        _tunkit(host, "save", config)
+        saved = config.read_text()
+    finally:
+        _tunkit(host, "down", config)
+    assert "PersistentKeepalive = 23" in saved and "198.51.100.0/24" in saved
+    assert "PostUp = true %i" in saved and "Address = 10.77.0.1/24, fd77::1/64" in saved
+    assert "SaveConfig" not in saved
+    assert config.read_text() == saved  # no SaveConfig: down leaves the file alone
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    # saving an interface that is not up is one clear error
+    proc = host.run([sys.executable, "-m", "tunkit", "save", str(config)], check=False,
+                    env=tool_env())
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"tunkit: error: {ifname} is not a WireGuard interface"
+
+
+def test_tunkit_strip_matches_wg_quick_strip(lab, tmp_path):
+    host, _server, config, _ifname = _setup(lab, tmp_path, extra="DNS = 10.77.0.2\nMTU = 1380\n")
+    ours = host.run([sys.executable, "-m", "tunkit", "strip", str(config)], env=tool_env()).stdout
+    theirs = host.run(["wg-quick", "strip", str(config)], env=tool_env()).stdout
+
+    def keys(text: str) -> list[list[str]]:
+        """Each section's lines, spaces dropped and sorted (we write keys in canonical
+        order, wg-quick in the file's order)."""
+        sections: list[list[str]] = []
+        for line in text.splitlines():
+            if line.startswith("["):
+                sections.append([])
+            if line.strip():
+                sections[-1].append(line.replace(" ", ""))
+        return [sorted(section) for section in sections]
+
+    assert keys(ours) == keys(theirs)
+    assert "Address" not in ours and "DNS" not in ours and "PrivateKey" in ours
+
+
 @pytest.mark.parametrize("table", ["off", "1234"])
 def test_tunkit_up_table_setting(lab, tmp_path, table):
     host, _server, config, ifname = _setup(lab, tmp_path, extra=f"Table = {table}\nFwMark = 0x99\n")

@@ -255,6 +255,18 @@ def test_strip_keeps_only_setconf_keys() -> None:
     assert reparsed.interface == InterfaceConfig(private_key=decode_key(PRIV))
 
 
+def test_tunkit_strip_command_prints_the_stripped_file(tmp_path, capsys) -> None:
+    from tunkit.cli import main
+
+    path = tmp_path / "wg7.conf"
+    path.write_text(FULL)
+    assert main(["strip", str(path)]) == 0
+    assert capsys.readouterr().out == strip_config(parse_config(FULL))
+    assert main(["strip", str(tmp_path / "missing0.conf")]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("tunkit: error: cannot read") and err.count("\n") == 1
+
+
 def test_to_uapi_set_matches_wg_setconf_bytes() -> None:
     assert to_uapi_set(parse_config(SETCONF_FILE)) == WG_SETCONF_BYTES
 

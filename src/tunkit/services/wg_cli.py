@@ -1,4 +1,5 @@
-"""The WireGuard subcommands of ``tunkit``: ``wg``, ``up``, ``down``, ``genkey``, ``genpsk``, ``pubkey``.
+"""The WireGuard subcommands of ``tunkit``: ``wg``, ``up``, ``down``, ``save``, ``strip``,
+``genkey``, ``genpsk``, ``pubkey``.
 
 Contract: :func:`add_wg_parsers` adds the parsers to ``tunkit``'s subparsers; each sets
 ``func(args) -> int``. ``tunkit wg IFNAME`` is ``tunkit-wg IFNAME``; ``genkey``/``genpsk``/
@@ -45,6 +46,23 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_save(args: argparse.Namespace) -> int:
+    from tunkit.services import wgquick
+
+    _require_root("tunkit save")
+    wgquick.configure_cli_logging()
+    path = wgquick.save(args.config)
+    print(f"[#] saved the running configuration to {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_strip(args: argparse.Namespace) -> int:
+    from tunkit.services import wgquick
+
+    sys.stdout.write(wgquick.strip(args.config))
+    return 0
+
+
 def _cmd_genkey(args: argparse.Namespace) -> int:
     from tunkit.wireguard.keys import encode_key, generate_private_key
 
@@ -87,6 +105,18 @@ def add_wg_parsers(subparsers: Any) -> None:
             description=f"{verb.capitalize()} a WireGuard interface like wg-quick {name}. "
             "CONFIG is a path to IFNAME.conf, or IFNAME for /etc/wireguard/IFNAME.conf.",
         )
+        parser.add_argument("config", metavar="CONFIG|NAME")
+        parser.set_defaults(func=func)
+
+    for name, func, text in (
+        ("save", _cmd_save, "write a running WireGuard interface's configuration back to "
+         "its wg-quick config, like wg-quick save"),
+        ("strip", _cmd_strip, "print a wg-quick config with only the keys `wg setconf` "
+         "accepts, like wg-quick strip"),
+    ):
+        parser = subparsers.add_parser(
+            name, help=text.split(",")[0], description=text.capitalize() + ". "
+            "CONFIG is a path to IFNAME.conf, or IFNAME for /etc/wireguard/IFNAME.conf.")
         parser.add_argument("config", metavar="CONFIG|NAME")
         parser.set_defaults(func=func)
 

@@ -1,4 +1,4 @@
-"""``tunkit up CONFIG|NAME`` and ``tunkit down CONFIG|NAME``: wg-quick, without bash.
+"""``tunkit up|down|save|strip CONFIG|NAME``: wg-quick, without bash.
 
 Contract:
 
@@ -23,6 +23,9 @@ Contract:
   runs in reads them (:func:`resolv_conf_path`: ``$TUNKIT_RESOLV_CONF``, else
   ``/etc/resolv.conf`` in the initial namespace, ``/etc/netns/NAME/resolv.conf`` in a named
   one); the previous content is kept in the record and restored on down.
+* ``save`` writes the running interface's state over its file (what ``down`` does with
+  ``SaveConfig = true``); ``strip`` returns the file with only the keys ``wg setconf``
+  accepts, for ``wg syncconf IFNAME <(tunkit strip IFNAME)``.
 * Errors are :class:`ConfigError` (file:line from the config parser) or :class:`DeviceError`;
   if ``up`` fails midway, what was added is removed again.
 """
@@ -107,7 +110,8 @@ def resolve_config_path(config: str) -> tuple[Path, str]:
     return path, name
 
 
-def load_config(config: str) -> QuickConfig:
+def parse_config_file(config: str) -> tuple[Path, str, Any]:
+    """``(path, ifname, parsed WgQuickConfig)`` of ``config``; no names are resolved."""
     from tunkit.wireguard import config as wgconfig
 
     path, ifname = resolve_config_path(config)
@@ -115,8 +119,31 @@ def load_config(config: str) -> QuickConfig:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    parsed = wgconfig.parse_config(text, filename=str(path), require_private_key=False)
+    return path, ifname, wgconfig.parse_config(text, filename=str(path),
+                                               require_private_key=False)
+
+
+def load_config(config: str) -> QuickConfig:
+    path, ifname, parsed = parse_config_file(config)
     return _quick_view(parsed, path, ifname)
+
+
+def strip(config: str) -> str:
+    """``wg-quick strip``: the config with only the keys ``wg setconf`` accepts."""
+    from tunkit.wireguard import config as wgconfig
+
+    _path, _ifname, parsed = parse_config_file(config)
+    return wgconfig.strip_config(parsed)
+
+
+def save(config: str) -> Path:
+    """``wg-quick save``: write the running interface's state over its config file."""
+    path, ifname, parsed = parse_config_file(config)
+    with Netlink() as nl:
+        if not nl.link_exists(ifname):
+            raise DeviceError(f"{ifname} is not a WireGuard interface")
+    save_config(ifname, path, parsed)
+    return path
 
 
 def _quick_view(parsed: Any, path: Path, ifname: str) -> QuickConfig:
@@ -596,7 +623,7 @@ def down(config: str) -> str:
         _clean_stale(ifname)
         raise DeviceError(f"{ifname} is not a WireGuard interface")
     if quick is not None and quick.save_config:
-        save_config(quick)
+        save_config(ifname, quick.path, quick.raw)
     if quick is not None:
         run_hooks(quick.pre_down, ifname, "PreDown")
     errors = _tear_down(ifname, record)
@@ -607,16 +634,21 @@ def down(config: str) -> str:
     return ifname
 
 
-def save_config(quick: QuickConfig) -> None:
-    """SaveConfig: write the running state (UAPI get, addresses, MTU) back over the file."""
+def save_config(ifname: str, path: Path, previous: Any) -> None:
+    """Write the running state of ``ifname`` (UAPI get, addresses, MTU) over ``path``.
+
+    DNS, Table, the hooks and SaveConfig come from ``previous`` (the parsed file), as
+    wg-quick keeps them; MTU is written only if the file had one.  The new file replaces the
+    old one atomically, mode 0600.
+    """
     from tunkit.wireguard import config as wgconfig
     from tunkit.wireguard.uapi import parse_get_reply
 
-    snapshot = parse_get_reply(uapi_call(quick.ifname, "get=1\n\n"))
+    snapshot = parse_get_reply(uapi_call(ifname, "get=1\n\n"))
     with Netlink() as nl:
-        addresses = nl.list_addresses(quick.ifname)
-        mtu = nl.get_mtu(quick.ifname)
-    old = quick.raw.interface
+        addresses = nl.list_addresses(ifname)
+        mtu = nl.get_mtu(ifname)
+    old = previous.interface
     iface = wgconfig.InterfaceConfig(
         private_key=snapshot.private_key,
         listen_port=snapshot.listen_port or None,
@@ -625,7 +657,8 @@ def save_config(quick: QuickConfig) -> None:
         dns_servers=list(old.dns_servers), dns_search=list(old.dns_search),
         mtu=mtu if old.mtu is not None else None, table=old.table,
         pre_up=list(old.pre_up), post_up=list(old.post_up),
-        pre_down=list(old.pre_down), post_down=list(old.post_down), save_config=True,
+        pre_down=list(old.pre_down), post_down=list(old.post_down),
+        save_config=old.save_config,
     )
     peers = [
         wgconfig.PeerConfig(
@@ -637,10 +670,10 @@ def save_config(quick: QuickConfig) -> None:
         for p in snapshot.peers
     ]
     text = wgconfig.format_config(wgconfig.WgQuickConfig(interface=iface, peers=peers))
-    tmp = quick.path.with_suffix(".conf.tmp")
+    tmp = path.with_suffix(".conf.tmp")
     tmp.write_text(text)
     os.chmod(tmp, 0o600)
-    tmp.replace(quick.path)
+    tmp.replace(path)
 
 
 @contextlib.contextmanager
