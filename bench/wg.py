@@ -106,7 +106,9 @@ def main() -> int:
                 attempts.append((worst, attempt, got))
                 if worst <= opts.max_steal:
                     break
-                print(f"  {worst:.0%} of the CPU stolen during a run: measuring the round again")
+                if attempt < opts.retries:
+                    print(f"  {worst:.0%} of the CPU stolen during a run: measuring the round "
+                          "again")
             _worst, _attempt, best = min(attempts, key=lambda t: t[:2])
             for key in keys:
                 samples[key].append(best[key])

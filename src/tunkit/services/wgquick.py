@@ -671,8 +671,11 @@ def save_config(ifname: str, path: Path, previous: Any) -> None:
     ]
     text = wgconfig.format_config(wgconfig.WgQuickConfig(interface=iface, peers=peers))
     tmp = path.with_suffix(".conf.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
+    # created 0600: the private key is never readable by others, not even for a moment
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(tmp, 0o600)  # in case a stale .tmp existed with other bits
     tmp.replace(path)
 
 
