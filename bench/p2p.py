@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     RUNS,
     cpu_note,
+    cpu_shares,
+    cpu_times,
     iperf3_gbps,
     load_average,
     machine_info,
@@ -57,9 +59,19 @@ def tunnel_args(mode: str, certs: Path) -> tuple[list[str], list[str]]:
     raise ValueError(mode)
 
 
-def _rtt(host: Host, addr: str) -> dict[str, float]:
-    stats = ping_stats_ms(host, addr)
-    return {"rtt_ms": stats["avg"], "rtt_min_ms": stats["min"]}
+def _rtt(host: Host, addr: str, max_steal: float, retries: int) -> dict[str, float]:
+    """Ping RTT (avg, min); pinged again (up to ``retries`` times) while more than
+    ``max_steal`` of the CPU was stolen, keeping the least-stolen attempt."""
+    attempts = []
+    for _ in range(1 + max(0, retries)):
+        before = cpu_times()
+        stats = ping_stats_ms(host, addr)
+        steal = cpu_shares(before, cpu_times())["steal"]
+        attempts.append((steal, stats["avg"], stats["min"]))
+        if steal <= max_steal:
+            break
+    steal, avg, low = min(attempts)
+    return {"rtt_ms": avg, "rtt_min_ms": low, "rtt_steal": steal}
 
 
 def main() -> int:
@@ -91,7 +103,7 @@ def main() -> int:
             return iperf3_gbps(b, a, "10.88.0.1", parallel=parallel, seconds=opts.seconds)
 
         print(f"raw veth ({opts.seconds:g}s per run)...", flush=True)
-        results["raw veth"] = {"p4_gbps": raw(4), **_rtt(b, "10.88.0.1")}
+        results["raw veth"] = {"p4_gbps": raw(4), **_rtt(b, "10.88.0.1", opts.max_steal, opts.retries)}
         for mode in modes:
             print(f"{mode}...", flush=True)
             s_args, c_args = tunnel_args(mode, certs)
@@ -124,7 +136,7 @@ def main() -> int:
                 results[mode] = {
                     "single_gbps": median(singles),
                     "p4_gbps": iperf3_gbps(b, a, "10.98.0.1", parallel=4, seconds=opts.seconds),
-                    **_rtt(b, "10.98.0.1"),
+                    **_rtt(b, "10.98.0.1", opts.max_steal, opts.retries),
                 }
             finally:
                 for proc in (client, server):
