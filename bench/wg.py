@@ -10,8 +10,8 @@ rounds' ratios (this machine's figures swing by 30% or more from run to run).  M
 swing is CPU steal (the hypervisor taking back up to 40 % of the vCPUs under load): a round
 in which a single-stream run saw more than ``--max-steal`` stolen is measured again, up to
 ``--retries`` times, and the attempt with the least steal is kept; the JSON has them all.
-Usage: ``python bench/wg.py [--seconds N] [--rounds N] [--only raw,wgo,mixed,tunkit]
-[--no-parallel]``.
+Usage: ``python bench/wg.py [--seconds N] [--rounds N] [--max-steal F] [--retries N]
+[--only raw,wgo,mixed,tunkit] [--no-parallel]``.
 """
 
 from __future__ import annotations
