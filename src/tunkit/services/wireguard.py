@@ -6,8 +6,14 @@ Contract:
 * :class:`WireGuardService` ``(ifname)`` creates the TUN device (MTU 1420, down, like
   wireguard-go), binds UDP on a random port until UAPI sets ``listen_port``, and opens the
   UAPI socket ``/var/run/wireguard/IFNAME.sock``. :meth:`run` drives everything from one
-  selector loop on the calling thread until :meth:`stop` or a signal, the TUN device
+  epoll loop on the calling thread until :meth:`stop` or a signal, the TUN device
   disappearing, or the socket file being deleted; it returns the reason as a string.
+* Latency: after an idle spell (one ping every 50 ms is enough on this VM) every call on
+  the path of a packet runs with cold caches, at 10-50 µs each (``selectors.select`` 43 µs
+  against ``epoll.poll``'s 22 µs; an EAGAIN exception 48 µs against ``poll(0)``'s 20 µs).
+  So the loop calls ``epoll`` directly and, after a lone packet or datagram, each pump asks
+  ``poll(0)`` before a second read instead of reading until EAGAIN (bulk reads go on as
+  before); through two daemons that took 6-7 % off the minimum ping (0.71 -> 0.66 ms).
 * The hot path works on batches: every wake-up drains up to ``BATCH`` reads from the TUN fd
   (or ``BATCH`` GRO reads from UDP), and flushes the resulting actions with one GSO
   ``sendmsg`` per run of same-size datagrams to one endpoint.  TUN -> UDP: a TSO
@@ -40,6 +46,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -110,6 +117,8 @@ class WireGuardService:
         self.udp: UdpTransport | None = None
         self.uapi: UapiServer | None = None
         self._rx_view = memoryview(bytearray(BATCH * RX_SLOT_BYTES))
+        self._udp_poll = select.poll()
+        self._udp_poll_fd = -1
         self._tx_buffer = bytearray(TUN_READ_SIZE)  # one TUN read, reused (sealed in place)
         self._tx_view = memoryview(self._tx_buffer)
         try:
@@ -122,6 +131,9 @@ class WireGuardService:
                 offloads=None if (self.offload and tso) else 0,
             )
             self.tun.set_blocking(False)
+            tun_poll = select.poll()
+            tun_poll.register(self.tun.fileno(), select.POLLIN)
+            self._tun_more = tun_poll.poll  # (0) -> non-empty when another read is waiting
             self._ifindex = socket.if_nametoindex(self.tun.name)
             self._set_mtu(mtu)
             self.udp = UdpTransport(
@@ -283,34 +295,40 @@ class WireGuardService:
             threads = os.environ.get("TUNKIT_WG_THREADS") == "1"
         if threads:
             return self._run_threaded()
-        selector = selectors.DefaultSelector()
+        # select.epoll directly, not selectors: after an idle spell every layer of Python
+        # between the wake-up and the packet runs with cold caches (tens of µs each)
+        poller = select.epoll()
         tun_fd = self.tun.fileno()
-        selector.register(tun_fd, selectors.EVENT_READ, "tun")
-        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         udp_fd = self.udp.fileno()
-        selector.register(udp_fd, selectors.EVENT_READ, "udp")
+        wake_fd = self._wake_r
+        for fd in (tun_fd, wake_fd, udp_fd):
+            poller.register(fd, select.EPOLLIN)
+        poll = poller.poll
+        monotonic = time.monotonic
         next_liveness = 0.0
         try:
             while self._stop_reason is None:
-                now = self.now()
-                timeout = self._select_timeout(now)
-                events = selector.select(timeout)
-                for key, _mask in events:
-                    if key.data in ("tun", "udp"):
-                        pump = self._pump_tun if key.data == "tun" else self._pump_udp
+                now = monotonic()
+                for fd, _mask in poll(self._select_timeout(now)):
+                    if fd in (tun_fd, udp_fd):
+                        which = "tun" if fd == tun_fd else "udp"
                         try:
-                            pump()
+                            if fd == tun_fd:
+                                self._read_tun()
+                            else:
+                                self._pump_udp()
                         except Exception:  # keep the data plane alive; the error is logged
-                            self.counters[f"{key.data}_pump_errors"] += 1
-                            log.exception("%s pump failed", key.data)
+                            self.counters[f"{which}_pump_errors"] += 1
+                            log.exception("%s pump failed", which)
                     else:
                         with contextlib.suppress(OSError):
-                            os.read(self._wake_r, 4096)
+                            os.read(wake_fd, 4096)
                 if self.udp.fileno() != udp_fd:  # rebound by UAPI listen_port
-                    selector.unregister(udp_fd)
+                    with contextlib.suppress(OSError):
+                        poller.unregister(udp_fd)
                     udp_fd = self.udp.fileno()
-                    selector.register(udp_fd, selectors.EVENT_READ, "udp")
-                now = self.now()
+                    poller.register(udp_fd, select.EPOLLIN)
+                now = monotonic()
                 with self.lock:
                     deadline = self.device.next_deadline()
                     if deadline is not None and deadline <= now:
@@ -319,7 +337,7 @@ class WireGuardService:
                     next_liveness = now + LIVENESS_INTERVAL
                     self._check_liveness()
         finally:
-            selector.close()
+            poller.close()
         return self._stop_reason or "stopped"
 
     def _read_tun(self) -> None:
@@ -334,7 +352,14 @@ class WireGuardService:
         offload = self.offload
         buffer = self._tx_buffer
         view = self._tx_view
-        for _ in range(BATCH):
+        more = self._tun_more
+        bulk = False
+        for i in range(BATCH):
+            # After one ordinary packet, ask poll() before the second read: on the idle
+            # path (one ping) the answer is no, and that costs far less than the EAGAIN
+            # exception.  After a super-packet (bulk traffic) just read on.
+            if i == 1 and not bulk and not more(0):
+                break
             try:
                 if offload:
                     size = os.readv(fd, (buffer,))
@@ -361,6 +386,7 @@ class WireGuardService:
                     else:
                         packets.append(bytes(view[VNET_HDR_LEN:size]))
                     continue
+                bulk = True
                 hdr = decode_vnet_hdr(buffer)
                 packet = view[VNET_HDR_LEN:size]
                 split = plan_tcp_split(hdr.gso_type, hdr.gso_size, packet)
@@ -425,6 +451,16 @@ class WireGuardService:
                 return
         self._execute(actions)
 
+    def _udp_more(self, timeout: int) -> bool:
+        """Whether another datagram is waiting (``poll``; follows a UAPI rebind)."""
+        assert self.udp is not None
+        fd = self.udp.fileno()
+        if fd != self._udp_poll_fd:
+            self._udp_poll = select.poll()
+            self._udp_poll.register(fd, select.POLLIN)
+            self._udp_poll_fd = fd
+        return bool(self._udp_poll.poll(timeout))
+
     def _pump_udp(self) -> None:
         """Drain the UDP socket into one preallocated buffer, then hand each run of
         datagrams to the core in one call (:meth:`Device.receive_segments`).
@@ -445,6 +481,8 @@ class WireGuardService:
         datagrams = 0
         syscalls = gro_reads = 0
         while offset <= limit and syscalls < SINGLE_READS:
+            if syscalls == 1 and not gro_reads and not self._udp_more(0):
+                break  # see _read_tun: poll() before the second read, unless bulk
             got = udp.receive_into(view[offset : offset + RX_SLOT_BYTES])
             if got is None:
                 break
