@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     RUNS,
+    add_steal_arguments,
     cpu_note,
     cpu_shares,
     cpu_times,
     iperf3_gbps,
+    least_stolen,
     load_average,
     machine_info,
     ping_stats_ms,
@@ -60,18 +62,14 @@ def tunnel_args(mode: str, certs: Path) -> tuple[list[str], list[str]]:
 
 
 def _rtt(host: Host, addr: str, max_steal: float, retries: int) -> dict[str, float]:
-    """Ping RTT (avg, min); pinged again (up to ``retries`` times) while more than
-    ``max_steal`` of the CPU was stolen, keeping the least-stolen attempt."""
-    attempts = []
-    for _ in range(1 + max(0, retries)):
+    """Ping RTT (avg, min), pinged again while the hypervisor stole CPU (:func:`least_stolen`)."""
+    def ping() -> tuple[float, dict[str, float]]:
         before = cpu_times()
         stats = ping_stats_ms(host, addr)
-        steal = cpu_shares(before, cpu_times())["steal"]
-        attempts.append((steal, stats["avg"], stats["min"]))
-        if steal <= max_steal:
-            break
-    steal, avg, low = min(attempts)
-    return {"rtt_ms": avg, "rtt_min_ms": low, "rtt_steal": steal}
+        return cpu_shares(before, cpu_times())["steal"], stats
+
+    steal, stats = least_stolen(ping, max_steal, retries)
+    return {"rtt_ms": stats["avg"], "rtt_min_ms": stats["min"], "rtt_steal": steal}
 
 
 def main() -> int:
@@ -80,10 +78,7 @@ def main() -> int:
     ap.add_argument("--only", default="compat,fast,tls,udp")
     ap.add_argument("--rounds", type=int, default=3,
                     help="paired runs (raw veth, then the tunnel) per figure; medians are kept")
-    ap.add_argument("--max-steal", type=float, default=0.15,
-                    help="re-measure a pair whose runs saw more of the CPU stolen than this")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="extra attempts per pair when steal is above --max-steal")
+    add_steal_arguments(ap)
     opts = ap.parse_args()
     modes = [m for m in opts.only.split(",") if m]
     rounds = max(1, opts.rounds)
@@ -120,15 +115,14 @@ def main() -> int:
                 paired[mode] = []
                 steal[mode] = []  # (raw veth, tunnel) share of CPU the hypervisor took
                 for _ in range(rounds):  # the raw link, then the tunnel, seconds apart
-                    attempts = []
-                    for _ in range(1 + max(0, opts.retries)):
+                    def pair() -> tuple[float, tuple[float, float, tuple[float, float]]]:
                         link = raw()
                         tunnel = iperf3_gbps(b, a, "10.98.0.1", seconds=opts.seconds)
                         stolen = (RUNS[-2]["cpu"]["steal"], RUNS[-1]["cpu"]["steal"])
-                        attempts.append((max(stolen), link, tunnel, stolen))
-                        if max(stolen) <= opts.max_steal:
-                            break
-                    _worst, link, tunnel, stolen = min(attempts)
+                        return max(stolen), (link, tunnel, stolen)
+
+                    _worst, (link, tunnel, stolen) = least_stolen(pair, opts.max_steal,
+                                                                  opts.retries)
                     raw_samples.append(link)
                     singles.append(tunnel)
                     paired[mode].append(tunnel / link)

@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     RUNS,
+    add_steal_arguments,
     cpu_note,
     iperf3_gbps,
+    least_stolen,
     machine_info,
     ping_rtt_ms,
     print_ratio_table,
@@ -81,10 +83,7 @@ def main() -> int:
     ap.add_argument("--no-parallel", action="store_true", help="skip the -P 4 runs")
     ap.add_argument("--rounds", type=int, default=3,
                     help="every setup is measured once per round, in turn; medians are kept")
-    ap.add_argument("--max-steal", type=float, default=0.15,
-                    help="measure a round again if a run in it saw more of the CPU stolen")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="extra attempts per round when steal is above --max-steal")
+    add_steal_arguments(ap)
     opts = ap.parse_args()
     keys = [k for k in opts.only.split(",") if k]
     names = {"raw": "raw veth", **{k: v[0] for k, v in SETUPS.items()}}
@@ -95,21 +94,17 @@ def main() -> int:
             print(f"bringing up {names[key]} ...", flush=True)
             ends[key] = build(lab, key)
         for n in range(max(1, opts.rounds)):
-            attempts = []
-            for attempt in range(1 + max(0, opts.retries)):
+            def measure_round(n: int = n) -> tuple[float, dict[str, dict[str, float]]]:
                 got = {}
                 for key in keys:
-                    print(f"round {n + 1}{'.' + str(attempt + 1) if attempt else ''}: "
-                          f"{names[key]} ...", flush=True)
+                    print(f"round {n + 1}: {names[key]} ...", flush=True)
                     got[key] = one_round(ends[key], opts.seconds, not opts.no_parallel)
                 worst = max(v["single_steal"] for v in got.values())
-                attempts.append((worst, attempt, got))
-                if worst <= opts.max_steal:
-                    break
-                if attempt < opts.retries:
-                    print(f"  {worst:.0%} of the CPU stolen during a run: measuring the round "
-                          "again")
-            _worst, _attempt, best = min(attempts, key=lambda t: t[:2])
+                if worst > opts.max_steal:
+                    print(f"  {worst:.0%} of the CPU stolen during a run of round {n + 1}")
+                return worst, got
+
+            _worst, best = least_stolen(measure_round, opts.max_steal, opts.retries)
             for key in keys:
                 samples[key].append(best[key])
     results = {names[k]: {f: median(s[f] for s in samples[k]) for f in samples[k][0]}
