@@ -123,10 +123,25 @@ def test_low_order_ephemeral_is_rejected_silently(tunnel):
 def test_initiation_flood_triggers_cookie_replies(tunnel):
     _a, b, attacker = tunnel
     target = (B_V4, b.listen_port)
-    for _ in range(400):
-        body = b"\x01\x00\x00\x00" + os.urandom(4) + os.urandom(32 + 48 + 28)
-        attacker.sendto(_mac1(b, body), target)
+    # built first, then sent back to back: the daemon sees a backlog, not a trickle
+    flood = [_mac1(b, b"\x01\x00\x00\x00" + os.urandom(4 + 32 + 48 + 28)) for _ in range(400)]
+    for datagram in flood:
+        attacker.sendto(datagram, target)
     replies = _replies(attacker, wait=2.0)
     cookies = [r for r in replies if len(r) == 64 and r[0] == 3]
     assert cookies, f"no cookie reply among {len(replies)} replies"
     assert all(len(r) == 64 and r[0] == 3 for r in replies), "only cookie replies expected"
+
+
+def test_paced_initiation_flood_also_triggers_cookie_replies(tunnel):
+    """One initiation every 2 ms never forms a backlog; the handshake rate alone must do it."""
+    _a, b, attacker = tunnel
+    target = (B_V4, b.listen_port)
+    flood = [_mac1(b, b"\x01\x00\x00\x00" + os.urandom(4 + 32 + 48 + 28)) for _ in range(200)]
+    for datagram in flood:
+        attacker.sendto(datagram, target)
+        time.sleep(0.002)
+    replies = _replies(attacker, wait=1.0)
+    assert replies and all(len(r) == 64 and r[0] == 3 for r in replies), len(replies)
+    # about the first 64 in that second were handled as handshakes, the rest got cookie replies
+    assert 50 <= len(replies) <= 200 - 56, len(replies)

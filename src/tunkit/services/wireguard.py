@@ -72,6 +72,7 @@ from tunkit.services.uapi_server import SOCKET_DIRECTORY, UapiServer
 from tunkit.services.wg_control import UapiGlue
 from tunkit.services.wg_offload import coalesce_for_tun
 from tunkit.wireguard.device import Device
+from tunkit.wireguard.load import LoadDetector
 from tunkit.wireguard.peer import SendDatagram, SendDatagrams, WriteToTunnel
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,6 @@ DEFAULT_MTU = 1420
 # reads per wake-up: a TUN read may be a 64 KiB super-packet and a UDP read ~45 GRO'd
 # datagrams, so 16 reads is already hundreds of packets; more only delays the other direction
 BATCH = int(os.environ.get("TUNKIT_WG_BATCH", "16"))
-# Handshake messages cost milliseconds of Python each. Seeing this many in one drain of the
-# socket means a flood (legitimate peers handshake every 2 minutes): answer with cookie
-# replies and rate-limit per source for UNDER_LOAD_HOLD seconds, like wireguard-go.
-UNDER_LOAD_HANDSHAKES = 8
-UNDER_LOAD_HOLD = 1.0
 _HANDSHAKE_SIZES = frozenset((148, 92))
 RX_SLOT_BYTES = 65535 + 64  # one GRO read: up to 64 KiB of datagrams
 SINGLE_READS = 128  # receive syscalls per wake-up at most (single datagrams are small)
@@ -108,7 +104,8 @@ class WireGuardService:
         self.lock = threading.RLock()
         self.counters: Counter[str] = Counter()
         self._stop_reason: str | None = None
-        self._under_load_until = 0.0
+        # handshake backlog or rate -> cookie replies and per-source limits (wireguard/load.py)
+        self._load = LoadDetector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -507,13 +504,12 @@ class WireGuardService:
         self.counters["udp_rx_datagrams"] += datagrams
         self.counters["udp_rx_runs"] += len(reads)
         now = self.now()
-        if handshakes >= UNDER_LOAD_HANDSHAKES:
-            self._under_load_until = now + UNDER_LOAD_HOLD
+        under_load = self._load.observe(handshakes, now)
         packets: list[bytes] = []
         actions: list[Any] = []
         with self.lock:
             device = self.device
-            device.under_load = now < self._under_load_until
+            device.under_load = under_load
             try:
                 for start, nbytes, segment, source in reads:
                     if nbytes:

@@ -33,9 +33,9 @@ Time: ``now`` is monotonic seconds (any origin).  Wall-clock time, needed for TA
 timestamps and ``last_handshake``, is ``now + device.wall_offset``; the shell sets
 ``wall_offset = time.time() - time.monotonic()`` at start (and may refresh it).
 
-Load: the shell sets ``device.under_load = True`` while its receive backlog is large; then
-handshake messages need a valid mac2 (otherwise we answer with a cookie reply) and are
-rate-limited per source IP (20/s, burst 5).
+Load: the shell sets ``device.under_load`` from a ``load.LoadDetector`` (a handshake backlog
+or rate); while it is set, handshake messages need a valid mac2 (otherwise we answer with a
+cookie reply) and are rate-limited per source IP (20/s, burst 5).
 
 Errors: :meth:`receive_datagram` never raises; every dropped datagram increments one
 counter in ``device.stats`` (:class:`DeviceStats`).  Management methods raise
