@@ -87,3 +87,41 @@ def test_a_tso_split_round_trips_into_one_super_packet():
     assert len(merged) == 1
     vnet, data = merged[0]
     assert data[52:] == payload and struct.unpack("<BBHHHH", vnet)[1] == GSO_TCPV4
+
+
+def _long_run(n: int = 40, *, at: int = 17, **change) -> list[bytes]:
+    """``n`` full-size in-order segments of one flow; segment ``at`` gets ``change``."""
+    out, seq = [], 1
+    for k in range(n):
+        payload = bytes([k]) * 1368
+        kwargs = {"opts": TS, **(change if k == at else {})}
+        if k == at and "gap" in kwargs:
+            seq += kwargs.pop("gap")
+        if k == at and "size" in kwargs:
+            payload = payload[: kwargs.pop("size")]
+        out.append(_v4(seq, payload, **kwargs))
+        seq += len(payload)
+    return out
+
+
+def test_long_runs_stop_where_the_reference_stops():
+    """The vector path (runs of 8+ full-size followers) against the reference, with the one
+    odd segment in the middle of the run, so the fast all-good check must fail."""
+    cases = {
+        "clean": _long_run(),
+        "psh": _long_run(flags=0x18),
+        "cwr": _long_run(flags=0x90),
+        "gap": _long_run(gap=5),
+        "ttl": _long_run(ttl=63),
+        "ack": _long_run(ack=8),
+        "window": _long_run(win=501),
+        "short": _long_run(size=1000),
+        "timestamp": _long_run(opts=b"\x01\x01\x08\x0a" + bytes(7) + b"\x01"),
+        "fin": _long_run(flags=0x11),
+    }
+    for name, packets in cases.items():
+        mine = coalesce_for_tun(packets)
+        assert mine == _reference(packets), name
+        assert sum(len(d) - 52 for _h, d in mine) == sum(len(p) - 52 for p in packets), name
+    assert len(coalesce_for_tun(cases["clean"])) == 1
+    assert len(coalesce_for_tun(cases["gap"])) == 2

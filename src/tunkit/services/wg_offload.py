@@ -57,18 +57,19 @@ _MASK4 = {hl: _header_mask(20, hl) for hl in range(40, 81, 4)}
 _MASK6 = {hl: _header_mask(40, hl) for hl in range(60, 101, 4)}
 
 
-def _vector_mask(l4: int, hl: int, mask: int) -> np.ndarray:
+def _vector_mask(l4: int, hl: int, mask: int) -> int:
     """The scalar mask plus the length field and the CWR bit (see :func:`_vector_run`)."""
     len_at = 2 if l4 == 20 else 4
-    mask |= 0xFFFF << (8 * (hl - len_at - 2)) | _CWR << (8 * (hl - l4 - 14))
-    return np.frombuffer(mask.to_bytes(hl, "big"), dtype=np.uint8)
+    return mask | 0xFFFF << (8 * (hl - len_at - 2)) | _CWR << (8 * (hl - l4 - 14))
 
 
-_NP_MASK = {
+_INT_MASK = {
     (l4, hl): _vector_mask(l4, hl, mask)
     for l4, masks in ((20, _MASK4), (40, _MASK6))
     for hl, mask in masks.items()
 }
+_NP_MASK = {key: np.frombuffer(m.to_bytes(key[1], "big"), dtype=np.uint8)
+            for key, m in _INT_MASK.items()}
 VECTOR_MIN_RUN = 8
 """Runs of at least this many full-size followers are checked with numpy, all at once."""
 
@@ -135,69 +136,78 @@ def _emit(first: bytes, l4: int, hl: int, mss: int, payloads: list[memoryview], 
     return vnet, b"".join(payloads)
 
 
-def _vector_run(packets: Sequence[bytes], sizes: np.ndarray, i: int, first: bytes, l4: int,
+def _vector_run(packets: Sequence[bytes], sizes: list[int], i: int, first: bytes, l4: int,
                 hl: int, mss: int, next_seq: int) -> tuple[int, bool, bytes]:
     """The scalar merge loop for the followers ``packets[i:]`` that have exactly the first
-    segment's size, done with numpy over all of them at once: ``(followers taken, PSH
-    seen, their payloads concatenated)``.  Stops where the scalar loop would (a header or
-    sequence mismatch, CWR, the 64 KiB cap) and after a follower with PSH.
+    segment's size, done over all of them at once: ``(followers taken, PSH seen, their
+    payloads concatenated)``.  Stops where the scalar loop would (a header or sequence
+    mismatch, CWR, the 64 KiB cap) and after a follower with PSH.
 
-    Numpy calls cost microseconds each here, so the checks are folded into few of them:
-    one masked comparison of whole headers (the length field included: every follower has
-    the first's size, and CWR cleared in the template) and one of the sequence numbers."""
+    Each numpy call costs about a microsecond, as much as the scalar loop spends on one
+    packet, so the common case (every follower good) is decided with three of them and
+    bytes comparisons: one masked copy of all the headers (the length field included:
+    every follower has the first's size, and CWR cleared in the template), one strided
+    view of the sequence numbers, and the PSH bits taken with a bytes slice."""
     size = len(first)
     if size % 4:
         return 0, False, b""
     stop = min(len(packets), i + (MAX_SUPER_PACKET - size) // mss)
     if stop - i < VECTOR_MIN_RUN:
         return 0, False, b""
-    other = np.flatnonzero(sizes[i:stop] != size)
-    if other.size:
-        stop = i + int(other[0])
+    if sizes[i:stop].count(size) != stop - i:
+        k = i
+        while sizes[k] == size:
+            k += 1
+        stop = k
     count = stop - i
     if count < VECTOR_MIN_RUN:
         return 0, False, b""
     blob = b"".join(packets[i:stop])
     rows = np.frombuffer(blob, dtype=np.uint8).reshape(count, size)
-    mask, template = _vector_template(first, l4, hl)
+    mask = _NP_MASK[(l4, hl)]
     masked = rows[:, :hl] & mask
-    words = np.frombuffer(blob, dtype=">u4").reshape(count, size // 4)
-    seqs = words[:, (l4 + 4) // 4]
-    expected = ((_steps(count, mss) + next_seq) & 0xFFFFFFFF).astype(">u4")
-    # the common case, every follower good, with two bytes comparisons
-    if masked.tobytes() == template.tobytes() * count and seqs.tobytes() == expected.tobytes():
+    template = _vector_template(first, l4, hl)
+    seqs = np.ndarray((count,), dtype=">u4", buffer=blob, offset=l4 + 4, strides=(size,))
+    expected = (_steps32(count, mss) + np.uint32(next_seq)).astype(">u4")
+    if masked.tobytes() == template * count and seqs.tobytes() == expected.tobytes():
         taken = count
     else:
-        good = (masked == template).all(axis=1) & (seqs == expected)
+        good = (masked == np.frombuffer(template, dtype=np.uint8)).all(axis=1) & (
+            seqs == expected
+        )
         taken = count if good.all() else int(np.argmin(good))
     psh = False
     if taken:
-        pushed = np.flatnonzero(rows[:taken, l4 + 13] & _PSH)
-        if pushed.size:
-            taken = int(pushed[0]) + 1
+        pushed = blob[l4 + 13 : taken * size : size].translate(_PSH_BYTES).find(1)
+        if pushed >= 0:
+            taken = pushed + 1
             psh = True
     return taken, psh, rows[:taken, hl:].tobytes()
 
 
-def _vector_template(first: bytes, l4: int, hl: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mask, masked template) over a ``hl``-byte header for :func:`_vector_run`."""
-    mask = _NP_MASK[(l4, hl)]
-    template = np.frombuffer(first, dtype=np.uint8, count=hl) & mask
-    template[l4 + 13] &= ~_CWR & 0xFF
-    return mask, template
+_PSH_BYTES = bytes(1 if b & _PSH else 0 for b in range(256))
+"""``bytes.translate`` table: 1 where a flags byte has PSH, else 0."""
+
+
+def _vector_template(first: bytes, l4: int, hl: int) -> bytes:
+    """The first segment's header under the vector mask, CWR cleared: what every
+    follower's masked header must equal in :func:`_vector_run`."""
+    mask = _INT_MASK[(l4, hl)] & ~(_CWR << (8 * (hl - l4 - 14)))
+    return (int.from_bytes(first[:hl], "big") & mask).to_bytes(hl, "big")
 
 
 _STEPS: dict[tuple[int, int], np.ndarray] = {}
 
 
-def _steps(count: int, mss: int) -> np.ndarray:
-    """``[0, mss, 2*mss, ...]`` (``count`` values), cached."""
+def _steps32(count: int, mss: int) -> np.ndarray:
+    """``[0, mss, 2*mss, ...]`` (``count`` values, uint32: adding a uint32 wraps), cached."""
     key = (count, mss)
     steps = _STEPS.get(key)
     if steps is None:
         if len(_STEPS) > 256:
             _STEPS.clear()
-        steps = _STEPS[key] = np.arange(count, dtype=np.int64) * mss
+        steps = _STEPS[key] = (np.arange(count, dtype=np.int64) * mss).astype(np.uint32)
+        steps.flags.writeable = False
     return steps
 
 
@@ -206,7 +216,7 @@ def coalesce_for_tun(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     append = out.append
     n = len(packets)
-    sizes: np.ndarray | None = None  # packet lengths, computed for the first long run
+    sizes: list[int] | None = None  # packet lengths, computed for the first long run
     i = 0
     while i < n:
         first = packets[i]
@@ -236,7 +246,7 @@ def coalesce_for_tun(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
         last_len = mss
         if n - i >= VECTOR_MIN_RUN:
             if sizes is None:
-                sizes = np.fromiter(map(len, packets), dtype=np.int64, count=n)
+                sizes = list(map(len, packets))
             taken, psh, chunk = _vector_run(packets, sizes, i, first, l4, hl, mss, next_seq)
             if taken:
                 payloads.append(memoryview(chunk))
