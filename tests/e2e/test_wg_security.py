@@ -28,6 +28,13 @@ def _mac1(responder: WgNode, body: bytes) -> bytes:
     return body + mac(key, body) + bytes(16)
 
 
+def _flood(responder: WgNode, count: int) -> list[bytes]:
+    """``count`` initiations from random senders with a valid mac1: each passes the cheap
+    check and, unless the responder is under load, costs it a Diffie-Hellman."""
+    return [_mac1(responder, b"\x01\x00\x00\x00" + os.urandom(4 + 32 + 48 + 28))
+            for _ in range(count)]
+
+
 def _initiation(body_tail: bytes) -> bytes:
     return b"\x01\x00\x00\x00" + body_tail
 
@@ -124,8 +131,7 @@ def test_initiation_flood_triggers_cookie_replies(tunnel):
     _a, b, attacker = tunnel
     target = (B_V4, b.listen_port)
     # built first, then sent back to back: the daemon sees a backlog, not a trickle
-    flood = [_mac1(b, b"\x01\x00\x00\x00" + os.urandom(4 + 32 + 48 + 28)) for _ in range(400)]
-    for datagram in flood:
+    for datagram in _flood(b, 400):
         attacker.sendto(datagram, target)
     replies = _replies(attacker, wait=2.0)
     cookies = [r for r in replies if len(r) == 64 and r[0] == 3]
@@ -137,8 +143,7 @@ def test_paced_initiation_flood_also_triggers_cookie_replies(tunnel):
     """One initiation every 2 ms never forms a backlog; the handshake rate alone must do it."""
     _a, b, attacker = tunnel
     target = (B_V4, b.listen_port)
-    flood = [_mac1(b, b"\x01\x00\x00\x00" + os.urandom(4 + 32 + 48 + 28)) for _ in range(200)]
-    for datagram in flood:
+    for datagram in _flood(b, 200):
         attacker.sendto(datagram, target)
         time.sleep(0.002)
     replies = _replies(attacker, wait=1.0)
