@@ -89,9 +89,9 @@ def test_a_tso_split_round_trips_into_one_super_packet():
     assert data[52:] == payload and struct.unpack("<BBHHHH", vnet)[1] == GSO_TCPV4
 
 
-def _long_run(n: int = 40, *, at: int = 17, **change) -> list[bytes]:
+def _long_run(n: int = 40, *, at: int = 17, start: int = 1, **change) -> list[bytes]:
     """``n`` full-size in-order segments of one flow; segment ``at`` gets ``change``."""
-    out, seq = [], 1
+    out, seq = [], start
     for k in range(n):
         payload = bytes([k]) * 1368
         kwargs = {"opts": TS, **(change if k == at else {})}
@@ -100,7 +100,7 @@ def _long_run(n: int = 40, *, at: int = 17, **change) -> list[bytes]:
         if k == at and "size" in kwargs:
             payload = payload[: kwargs.pop("size")]
         out.append(_v4(seq, payload, **kwargs))
-        seq += len(payload)
+        seq = (seq + len(payload)) % 2**32
     return out
 
 
@@ -109,6 +109,7 @@ def test_long_runs_stop_where_the_reference_stops():
     odd segment in the middle of the run, so the fast all-good check must fail."""
     cases = {
         "clean": _long_run(),
+        "wrap": _long_run(start=2**32 - 20 * 1368 - 5),  # sequence numbers wrap mid-run
         "psh": _long_run(flags=0x18),
         "cwr": _long_run(flags=0x90),
         "gap": _long_run(gap=5),
@@ -124,4 +125,5 @@ def test_long_runs_stop_where_the_reference_stops():
         assert mine == _reference(packets), name
         assert sum(len(d) - 52 for _h, d in mine) == sum(len(p) - 52 for p in packets), name
     assert len(coalesce_for_tun(cases["clean"])) == 1
+    assert len(coalesce_for_tun(cases["wrap"])) == 1
     assert len(coalesce_for_tun(cases["gap"])) == 2
