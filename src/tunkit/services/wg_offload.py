@@ -70,6 +70,8 @@ _INT_MASK = {
 }
 _NP_MASK = {key: np.frombuffer(m.to_bytes(key[1], "big"), dtype=np.uint8)
             for key, m in _INT_MASK.items()}
+# the same, CWR cleared: applied to the first segment it gives the followers' template
+_TEMPLATE_MASK = {(l4, hl): m & ~(_CWR << (8 * (hl - l4 - 14))) for (l4, hl), m in _INT_MASK.items()}
 VECTOR_MIN_RUN = 8
 """Runs of at least this many full-size followers are checked with numpy, all at once."""
 
@@ -192,8 +194,7 @@ _PSH_BYTES = bytes(1 if b & _PSH else 0 for b in range(256))
 def _vector_template(first: bytes, l4: int, hl: int) -> bytes:
     """The first segment's header under the vector mask, CWR cleared: what every
     follower's masked header must equal in :func:`_vector_run`."""
-    mask = _INT_MASK[(l4, hl)] & ~(_CWR << (8 * (hl - l4 - 14)))
-    return (int.from_bytes(first[:hl], "big") & mask).to_bytes(hl, "big")
+    return (int.from_bytes(first[:hl], "big") & _TEMPLATE_MASK[(l4, hl)]).to_bytes(hl, "big")
 
 
 _STEPS: dict[tuple[int, int], np.ndarray] = {}

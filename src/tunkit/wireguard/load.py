@@ -15,7 +15,7 @@ Two signals, either one turns load on for ``hold`` seconds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -23,9 +23,9 @@ class LoadDetector:
     burst: int = 8
     rate: int = 64
     hold: float = 1.0
-    _window_start: float = float("-inf")
-    _window_count: int = 0
-    _until: float = float("-inf")
+    _window_start: float = field(default=float("-inf"), init=False)
+    _window_count: int = field(default=0, init=False)
+    _until: float = field(default=float("-inf"), init=False)
 
     def observe(self, handshakes: int, now: float) -> bool:
         """Record one drain's handshake count; returns whether the device is under load."""
